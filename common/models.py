@@ -1,0 +1,161 @@
+"""Records the services pass around. Absent values are ``None`` here; the repository turns
+them into ``''``/0 for the database and back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class TaskStatus(StrEnum):
+    WAIT = "wait"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class Verdict(StrEnum):
+    GOOD = "good"
+    BAD = "bad"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    bad_job_id: str
+    error_id: str
+    status: TaskStatus
+    priority: int = 0
+    git_url: str | None = None
+    project: str | None = None
+    suite: str | None = None
+    name: str | None = None
+    tester: str | None = None
+    source: str | None = None
+    known_bad_commit: str | None = None
+    good_commit: str | None = None
+    group_key: str | None = None
+    timeout: int | None = None
+    owner: str | None = None
+    lease_expires_ms: int | None = None
+    claims: int = 0
+    attempts: int = 0
+    retry_count: int = 0
+    cancel_requested: bool = False
+    queued_ms: int = 0
+    created_at: int = 0
+    updated_at: int = 0
+    start_time: int | None = None
+    end_time: int | None = None
+    # Results, in compass-ci's names: bad_commit is the first bad commit found.
+    bad_commit: str | None = None
+    first_bad_id: str | None = None
+    first_result_root: str | None = None
+    work_dir: str | None = None
+    last_error: str | None = None
+    confidence: float | None = None
+    verification: str | None = None
+    current_step: int = 0
+    steps_estimate: int = 0
+    candidates_left: int = 0
+    progress_ms: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["id"] = str(self.id)  # 63-bit ids lose precision as JSON numbers in browsers
+        return data
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """What a submission (API or discovery) asks the writer to create."""
+
+    bad_job_id: str
+    error_id: str
+    priority: int = 0
+    git_url: str | None = None
+    project: str | None = None
+    suite: str | None = None
+    tester: str | None = None
+    source: str = "api"
+    known_bad_commit: str | None = None
+    good_commit: str | None = None
+    timeout: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    task_id: int
+    attempt: int
+    seq: int
+    commit: str
+    verdict: Verdict
+    runs: int = 1
+    bad_runs: int = 0
+    job_id: str | None = None
+    result_root: str | None = None
+    reused: bool = False
+    detail: str | None = None
+    started_ms: int = 0
+    duration_ms: int = 0
+    created_at: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["verdict"] = self.verdict.value
+        data["task_id"] = str(self.task_id)
+        return data
+
+
+@dataclass(frozen=True)
+class StoredVerdict:
+    repo_url: str
+    commit: str
+    tester_fingerprint: str
+    error_id: str
+    verdict: Verdict
+    runs: int = 1
+    bad_runs: int = 0
+    job_id: str | None = None
+    result_root: str | None = None
+    task_id: int = 0
+    updated_at: int = 0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A row of compass-ci's jobs table, as far as we read it."""
+
+    id: int
+    suite: str | None = None
+    category: str | None = None
+    submit_time: int = 0
+    job_stage: str | None = None
+    job_health: str | None = None
+    job_data_readiness: str | None = None
+    errids: tuple[str, ...] = ()
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Regression:
+    errid: str
+    record_type: str = "errid"
+    category: str | None = None
+    valid: bool = True
+    first_bad_commit: str | None = None
+    bisect_task_id: int = 0
+    git_url: str | None = None
+    bad_job_id: str | None = None
+    found_at: int = 0
+    updated_at: int = 0

@@ -1,0 +1,157 @@
+-- Every statement the services run. Blocks are named `-- name: NAME` and optionally tagged
+-- with a dialect (`-- name: NAME [mysql]` / `[manticore]`), the untagged one serving both.
+-- Values are always bound parameters (%(name)s); {placeholders} expand to column lists from
+-- common/schema.py at load time. Every SELECT has an explicit ORDER BY (with ASC/DESC) and
+-- LIMIT <= 1000 (Manticore returns 20 rows without LIMIT and at most 1,000 with one).
+
+-- name: server_version [mysql]
+SELECT VERSION() AS version
+
+-- name: server_version [manticore]
+SHOW VARIABLES WHERE Variable_name = 'version'
+
+-- name: show_tables
+SHOW TABLES
+
+-- name: describe_table [mysql]
+SHOW COLUMNS FROM {table}
+
+-- name: describe_table [manticore]
+DESCRIBE {table}
+
+-- ---------------------------------------------------------------- tasks (bisect)
+-- name: insert_task
+INSERT INTO bisect ({bisect_columns}) VALUES ({bisect_values})
+
+-- name: tasks_by_ids
+SELECT {bisect_columns} FROM bisect WHERE id IN %(ids)s ORDER BY id ASC LIMIT 1000
+
+-- name: tasks_by_pair
+SELECT {bisect_columns} FROM bisect WHERE bad_job_id = %(bad_job_id)s AND error_key = %(error_key)s
+ORDER BY id ASC LIMIT 100
+
+-- name: task_ids_by_status
+SELECT id FROM bisect WHERE bisect_status = %(status)s AND id > %(after)s ORDER BY id ASC LIMIT %(limit)s
+
+-- name: tasks_by_status_page
+SELECT {bisect_columns} FROM bisect WHERE bisect_status = %(status)s AND id > %(after)s
+ORDER BY id ASC LIMIT %(limit)s
+
+-- name: claimable_tasks
+SELECT {bisect_columns} FROM bisect WHERE bisect_status = 'wait' AND tester IN %(testers)s
+ORDER BY priority_level DESC, queued_ms ASC, id ASC LIMIT %(limit)s
+
+-- name: count_by_status
+SELECT bisect_status, COUNT(*) AS n FROM bisect GROUP BY bisect_status ORDER BY bisect_status ASC LIMIT 100
+
+-- name: count_tasks
+SELECT COUNT(*) AS n FROM bisect
+
+-- name: update_task_claimed
+UPDATE bisect SET bisect_status = 'processing', owner = %(owner)s, lease_expires_ms = %(lease_expires_ms)s,
+ claims = %(claims)s, start_time = %(start_time)s, updated_at = %(now)s, last_error = '',
+ cancel_requested = 0, current_step = 0, steps_estimate = 0, candidates_left = 0
+WHERE id = %(id)s
+
+-- name: update_task_lease
+UPDATE bisect SET lease_expires_ms = %(lease_expires_ms)s WHERE id = %(id)s
+
+-- name: update_task_requeued
+UPDATE bisect SET bisect_status = 'wait', owner = '', lease_expires_ms = 0, attempts = %(attempts)s,
+ retry_count = %(retry_count)s, queued_ms = %(queued_ms)s, last_error = %(last_error)s, updated_at = %(now)s,
+ cancel_requested = 0
+WHERE id = %(id)s
+
+-- name: update_task_failed
+UPDATE bisect SET bisect_status = 'failed', owner = '', lease_expires_ms = 0, attempts = %(attempts)s,
+ last_error = %(last_error)s, end_time = %(now)s, updated_at = %(now)s
+WHERE id = %(id)s
+
+-- name: update_task_cancelled
+UPDATE bisect SET bisect_status = 'cancelled', owner = '', lease_expires_ms = 0, cancel_requested = 1,
+ last_error = %(last_error)s, end_time = %(now)s, updated_at = %(now)s
+WHERE id = %(id)s
+
+-- name: update_task_cancel_requested
+UPDATE bisect SET cancel_requested = 1, updated_at = %(now)s WHERE id = %(id)s
+
+-- name: update_task_completed
+UPDATE bisect SET bisect_status = 'completed', owner = '', lease_expires_ms = 0, bad_commit = %(bad_commit)s,
+ first_bad_id = %(first_bad_id)s, first_result_root = %(first_result_root)s, work_dir = %(work_dir)s,
+ confidence = %(confidence)s, verification = %(verification)s, end_time = %(now)s, updated_at = %(now)s,
+ last_error = '', j = %(j)s
+WHERE id = %(id)s
+
+-- name: update_task_progress
+UPDATE bisect SET current_step = %(current_step)s, steps_estimate = %(steps_estimate)s,
+ candidates_left = %(candidates_left)s, progress_ms = %(progress_ms)s
+WHERE id = %(id)s
+
+-- name: delete_tasks
+DELETE FROM bisect WHERE id IN %(ids)s
+
+-- ---------------------------------------------------------------- steps and verdicts
+-- name: replace_step
+REPLACE INTO bisect_step ({bisect_step_columns}) VALUES ({bisect_step_values})
+
+-- name: steps_of_task
+SELECT {bisect_step_columns} FROM bisect_step WHERE task_id = %(task_id)s AND id > %(after)s
+ORDER BY id ASC LIMIT 1000
+
+-- name: step_ids_of_tasks
+SELECT id FROM bisect_step WHERE task_id IN %(task_ids)s ORDER BY id ASC LIMIT 1000
+
+-- name: delete_steps
+DELETE FROM bisect_step WHERE id IN %(ids)s
+
+-- name: replace_verdict
+REPLACE INTO bisect_verdict ({bisect_verdict_columns}) VALUES ({bisect_verdict_values})
+
+-- name: verdicts_in_scope
+SELECT {bisect_verdict_columns} FROM bisect_verdict WHERE scope_key = %(scope_key)s AND id > %(after)s
+ORDER BY id ASC LIMIT %(limit)s
+
+-- ---------------------------------------------------------------- regression
+-- name: regression_page
+SELECT {regression_columns} FROM regression WHERE record_type = 'errid' AND id > %(after)s
+ORDER BY id ASC LIMIT %(limit)s
+
+-- name: regression_by_id
+SELECT {regression_columns} FROM regression WHERE id = %(id)s ORDER BY id ASC LIMIT 1
+
+-- name: insert_regression
+INSERT INTO regression ({regression_columns}) VALUES ({regression_values})
+
+-- name: update_regression_found
+UPDATE regression SET first_bad_commit = %(first_bad_commit)s, bisect_task_id = %(bisect_task_id)s,
+ git_url = %(git_url)s, bad_job_id = %(bad_job_id)s, found_at = %(found_at)s, updated_at = %(updated_at)s
+WHERE id = %(id)s
+
+-- ---------------------------------------------------------------- jobs (compass-ci's)
+-- name: insert_job
+INSERT INTO jobs ({jobs_columns}) VALUES ({jobs_values})
+
+-- name: job_by_id
+SELECT {jobs_columns} FROM jobs WHERE id = %(id)s ORDER BY id ASC LIMIT 1
+
+-- name: failed_jobs_after
+SELECT {jobs_columns} FROM jobs WHERE id > %(after)s AND job_stage = 'finish' AND job_health != 'success'
+ AND errid != '' ORDER BY id ASC LIMIT %(limit)s
+
+-- name: first_unfinished_job_after
+SELECT id FROM jobs WHERE id > %(after)s AND submit_time >= %(horizon)s
+ AND job_stage NOT IN ('finish', 'cancel', 'abort_invalid', 'abort_wait', 'abort_provider')
+ORDER BY id ASC LIMIT 1
+
+-- name: max_job_id
+SELECT id FROM jobs ORDER BY id DESC LIMIT 1
+
+-- ---------------------------------------------------------------- service state
+-- name: state_by_id
+SELECT {bisect_service_state_columns} FROM bisect_service_state WHERE id = %(id)s ORDER BY id ASC LIMIT 1
+
+-- name: insert_state
+INSERT INTO bisect_service_state ({bisect_service_state_columns}) VALUES ({bisect_service_state_values})
+
+-- name: update_state
+UPDATE bisect_service_state SET value = %(value)s, owner = %(owner)s, updated_ms = %(updated_ms)s WHERE id = %(id)s
