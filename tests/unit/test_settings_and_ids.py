@@ -47,7 +47,8 @@ def test_task_ids_are_stable_positive_63_bit() -> None:
 
 
 def test_query_file_dialect_blocks() -> None:
-    text = "-- name: a\nSELECT 1\n-- name: a [manticore]\nSELECT 2\n-- name: b\nSELECT {bisect_columns}\n"
+    text = ("-- name: a\nSELECT 1\n-- name: a [manticore]\nSELECT 2\n"
+            "-- name: b\nSELECT {bisect_columns}\n")
     mysql = parse(text, Dialect.MYSQL)
     manticore = parse(text, Dialect.MANTICORE)
     assert mysql["a"] == "SELECT 1" and manticore["a"] == "SELECT 2"
