@@ -72,12 +72,12 @@ class Supervisor:
                       exc_info=exc)
             self.failed.set()
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, wait_s: float = 10.0) -> None:
         """Cancel every task and wait for them (loops should also watch a stop event)."""
         self._stopping = True
         tasks = [t for t in self._tasks.values() if not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            await asyncio.wait(tasks, timeout=wait_s)
         self._tasks.clear()
