@@ -1,0 +1,140 @@
+"""HTTP plumbing: JSON errors, bearer tokens, request metrics."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from common.errors import DatabaseUnavailable, ValidationError
+from producer.errors import InvalidTransition, NotOwner, TaskNotFound, WriterConflict
+from producer.state import STATE_KEY
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Access(Enum):
+    OPEN = "open"  # health, metrics, docs
+    READ = "read"  # open unless BISECT_OPEN_READS=false
+    WRITE = "write"  # an API token
+    CONSUMER = "consumer"  # a consumer token
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status,
+                             dumps=lambda d: json.dumps(d, ensure_ascii=False))
+
+
+def error_response(status: int, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return json_response(body, status)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, or a 4xx naming what is wrong with it."""
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        raise ValidationError("body", "Content-Type must be application/json")
+    raw = await request.read()
+    if not raw:
+        raise ValidationError("body", "is empty; a JSON object is required")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValidationError("body", "is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError("body", f"is not valid JSON ({exc.msg} at {exc.pos})") from None
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith("bearer "):
+        return None
+    return header[7:].strip() or None
+
+
+def _token_ok(token: str | None, allowed: frozenset[str]) -> bool:
+    if token is None:
+        return False
+    # Compare against every token in constant time so timing tells nothing.
+    return any(hmac.compare_digest(token.encode(), item.encode()) for item in allowed)
+
+
+def guard(access: Access, handler: Handler) -> Handler:
+    """Wrap a handler with the token check its access level needs."""
+    if access is Access.OPEN:
+        return handler
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        settings = request.app[STATE_KEY].settings
+        token = _bearer(request)
+        if access is Access.READ and settings.open_reads:
+            return await handler(request)
+        allowed = settings.consumer_tokens if access is Access.CONSUMER else settings.api_tokens
+        if access is Access.READ:
+            allowed = settings.api_tokens | settings.consumer_tokens
+        if token is None:
+            return error_response(401, "an Authorization: Bearer token is required",
+                                  "Authorization")
+        if not _token_ok(token, allowed):
+            return error_response(403, "the token is not valid for this route", "Authorization")
+        return await handler(request)
+
+    return checked
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON answer; no stack trace ever reaches a client."""
+    try:
+        return await handler(request)
+    except ValidationError as exc:
+        status = 400 if exc.field == "body" else 422
+        return error_response(status, exc.reason, exc.field)
+    except TaskNotFound as exc:
+        return error_response(404, str(exc), "id")
+    except (InvalidTransition, NotOwner) as exc:
+        return error_response(409, str(exc))
+    except DatabaseUnavailable:
+        log.warning("request_database_unavailable", path=request.path)
+        return error_response(503, "the database is unavailable; retry later")
+    except WriterConflict as exc:
+        return error_response(503, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[STATE_KEY].settings.max_body_bytes
+        return error_response(413, f"request body larger than {limit} bytes", "body")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return error_response(exc.status, exc.reason)
+        raise
+    except Exception:
+        log.exception("request_failed", path=request.path, method=request.method)
+        return error_response(500, "internal error; see the producer's log")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        metrics = request.app[STATE_KEY].metrics
+        metrics.requests.labels(request.method, name, str(status)).inc()
+        metrics.request_seconds.labels(name).observe(time.perf_counter() - started)

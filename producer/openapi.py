@@ -1,0 +1,135 @@
+"""The OpenAPI 3.1 document, built from the same route table as the router."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from producer.http import Access
+
+ROUTE_TABLE_KEY = web.AppKey("route_table", list)
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_TASK_ID = {"type": "string", "pattern": r"^\d+$", "description": "63-bit task id"}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": {"type": "object", "required": ["error"],
+              "properties": {"error": _STR, "field": _STR}},
+    "SubmitTask": {
+        "type": "object", "required": ["bad_job_id", "error_id"], "additionalProperties": False,
+        "properties": {
+            "bad_job_id": {"type": ["string", "integer"],
+                           "description": "compass-ci job id of the failed job"},
+            "error_id": {"type": "string", "minLength": 1, "maxLength": 8192},
+            "priority": {"type": "integer", "minimum": 0, "maximum": 1000},
+            "good_commit": _STR,
+            "tester": {"type": "string", "description": "a tester profile NAME"},
+            "timeout": {"type": "integer", "minimum": 1, "maximum": 604800},
+            "repo_url": {"type": "string", "description": "allowed prefixes only"},
+            "bad_commit": _STR,
+        }},
+    "SubmitBatch": {"type": "object", "required": ["tasks"], "properties": {
+        "tasks": {"type": "array", "maxItems": 1000,
+                  "items": {"$ref": "#/components/schemas/SubmitTask"}}}},
+    "Task": {"type": "object", "required": ["id", "bad_job_id", "error_id", "status"],
+             "properties": {"id": _TASK_ID, "bad_job_id": _STR, "error_id": _STR,
+                            "status": {"enum": ["wait", "processing", "completed", "failed",
+                                                "cancelled"]},
+                            "priority": _INT, "git_url": {"type": ["string", "null"]},
+                            "bad_commit": {"type": ["string", "null"]},
+                            "confidence": {"type": ["number", "null"]}}},
+    "Step": {"type": "object", "properties": {
+        "commit": _STR, "verdict": {"enum": ["good", "bad", "skip"]}, "runs": _INT,
+        "job_id": {"type": ["string", "null"]}, "duration_ms": _INT}},
+    "TaskCreated": {"type": "object", "properties": {
+        "task": {"$ref": "#/components/schemas/Task"}, "created": {"type": "boolean"}}},
+    "TaskWithSteps": {"type": "object", "properties": {
+        "task": {"$ref": "#/components/schemas/Task"},
+        "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}}}},
+    "TaskList": {"type": "object", "properties": {
+        "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
+        "next_cursor": {"type": ["string", "null"]}}},
+    "BatchResult": {"type": "object", "properties": {
+        "results": {"type": "array", "items": {"type": "object"}},
+        "created": _INT, "existing": _INT, "invalid": _INT}},
+    "Counts": {"type": "object", "properties": {"counts": {"type": "object"}, "total": _INT}},
+    "Deleted": {"type": "object", "properties": {"deleted": _INT}},
+    "Claim": {"type": "object", "required": ["consumer_id", "slots", "testers"], "properties": {
+        "consumer_id": _STR, "slots": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "testers": {"type": "array", "items": _STR, "minItems": 1}}},
+    "ClaimResult": {"type": "object", "properties": {
+        "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
+        "lease_seconds": _INT}},
+    "Heartbeat": {"type": "object", "required": ["consumer_id", "task_ids"], "properties": {
+        "consumer_id": _STR, "task_ids": {"type": "array", "items": _TASK_ID}}},
+    "HeartbeatResult": {"type": "object", "properties": {
+        "renewed": {"type": "array", "items": _TASK_ID},
+        "stop": {"type": "array", "items": {"type": "object", "properties": {
+            "task_id": _TASK_ID, "reason": {"enum": ["cancelled", "lease_lost"]}}}},
+        "lease_seconds": _INT}},
+    "Finish": {"type": "object", "required": ["consumer_id", "task_id", "outcome"],
+               "properties": {"consumer_id": _STR, "task_id": _TASK_ID,
+                              "outcome": {"enum": ["completed", "failed", "released"]},
+                              "reason": _STR, "result": {"type": "object"}}},
+    "Status": {"type": "object", "properties": {"status": _STR}},
+    "Object": {"type": "object"},
+    "Text": {"type": "string"},
+    "Html": {"type": "string"},
+}
+
+_SECURITY: dict[Access, list[dict[str, list[str]]]] = {
+    Access.WRITE: [{"apiToken": []}],
+    Access.CONSUMER: [{"consumerToken": []}],
+    Access.READ: [{}, {"apiToken": []}],
+    Access.OPEN: [],
+}
+_MEDIA = {"Text": "text/plain", "Html": "text/html"}
+
+
+def openapi_path(path: str) -> str:
+    """aiohttp's ``{id:\\d+}`` becomes OpenAPI's ``{id}``."""
+    return re.sub(r"\{(\w+):[^}]+\}", r"{\1}", path)
+
+
+def build_document(app: web.Application) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in app[ROUTE_TABLE_KEY]:
+        path = openapi_path(route.path)
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": _STR}
+            for name in re.findall(r"\{(\w+)\}", path)]
+        params += [{"name": name, "in": "query", "required": False, "schema": _STR}
+                   for name in route.query]
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": route.method.lower() + "_"
+                           + re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_"),
+            "security": _SECURITY[route.access],
+            "responses": {
+                str(code): {"description": schema, "content": {
+                    _MEDIA.get(schema, "application/json"): {
+                        "schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+                for code, schema in (route.responses or {200: "Object"}).items()},
+        }
+        if params:
+            operation["parameters"] = params
+        if route.body:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{route.body}"}}}}
+        paths.setdefault(path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "bisect-task producer", "version": "1",
+                 "description": "Finds the commit that broke a CI job."},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "apiToken": {"type": "http", "scheme": "bearer"},
+                "consumerToken": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }

@@ -1,0 +1,305 @@
+"""The producer's HTTP API: one table of routes, from which the router and the OpenAPI
+document are both built (so the document cannot drift from the code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from common.errors import ValidationError
+from common.models import Task
+from common.repository import TaskFilter
+from producer.errors import WriterConflict
+from producer.http import Access, Handler, error_response, json_response, read_json
+from producer.state import STATE_KEY, ProducerState
+from producer.submission import new_task_from_request
+from producer.validation import (
+    format_cursor,
+    parse_batch,
+    parse_consumer_id,
+    parse_cursor,
+    parse_limit,
+    parse_status,
+    parse_submit,
+    parse_task_id,
+    parse_task_id_list,
+    parse_testers,
+)
+from producer.writer import Outcome, SubmitResult
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    access: Access
+    summary: str
+    query: tuple[str, ...] = ()
+    body: str | None = None  # name of a schema in producer.openapi.SCHEMAS
+    responses: dict[int, str] = field(default_factory=dict)
+
+
+def _state(request: web.Request) -> ProducerState:
+    return request.app[STATE_KEY]
+
+
+async def _writer_state(request: web.Request) -> ProducerState:
+    """The state, once this process holds the writer role (503 before)."""
+    state = _state(request)
+    if not state.writer_ready.is_set():
+        raise WriterConflict("the producer is starting (waiting for the database or for "
+                             "another producer to stop); retry shortly")
+    return state
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    return task.to_json()
+
+
+# ---------------------------------------------------------------- submit
+async def _submit_one(state: ProducerState, body: Any) -> SubmitResult:
+    request = parse_submit(body, state.settings.repo_url_allow)
+    new = await new_task_from_request(request, state.repo, state.settings.default_tester)
+    (result,) = await state.writer.submit([new])
+    if result.created:
+        state.metrics.tasks_created.labels("api").inc()
+    return result
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    state = await _writer_state(request)
+    result = await _submit_one(state, await read_json(request))
+    return json_response({"task": task_json(result.task), "created": result.created},
+                         201 if result.created else 200)
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    state = await _writer_state(request)
+    items = parse_batch(await read_json(request))
+    answers: list[dict[str, Any]] = [{} for _ in items]
+    valid = []
+    for index, item in enumerate(items):
+        try:
+            parsed = parse_submit(item, state.settings.repo_url_allow)
+            new = await new_task_from_request(parsed, state.repo, state.settings.default_tester)
+            valid.append((index, new))
+        except ValidationError as exc:
+            answers[index] = {"index": index, "status": 422, "field": exc.field,
+                              "error": exc.reason}
+    results = await state.writer.submit([new for _, new in valid]) if valid else []
+    created = 0
+    for (index, _), result in zip(valid, results, strict=True):
+        created += result.created
+        answers[index] = {"index": index, "status": 201 if result.created else 200,
+                          "created": result.created, "task_id": str(result.task.id)}
+    state.metrics.tasks_created.labels("api").inc(created)
+    return json_response({"results": answers, "created": created,
+                          "existing": len(valid) - created, "invalid": len(items) - len(valid)})
+
+
+# ---------------------------------------------------------------- read
+def _filter_from_query(request: web.Request) -> TaskFilter:
+    query = request.query
+    allowed = {"status", "error_id", "bad_job_id", "suite", "group", "limit", "cursor"}
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise ValidationError(unknown[0], "unknown query parameter")
+    return TaskFilter(
+        status=parse_status(query.get("status")),
+        error_id=query.get("error_id") or None,
+        bad_job_id=query.get("bad_job_id") or None,
+        suite=query.get("suite") or None,
+        group_key=query.get("group") or None,
+    )
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    state = _state(request)
+    task_filter = _filter_from_query(request)
+    limit = parse_limit(request.query.get("limit"))
+    rows = await state.repo.list_tasks(task_filter, limit=limit,
+                                       before=parse_cursor(request.query.get("cursor")))
+    tasks = [t for t in rows if task_filter.matches_exactly(t)]
+    next_cursor = format_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+    return json_response({"tasks": [task_json(t) for t in tasks], "next_cursor": next_cursor})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    state = _state(request)
+    task_id = parse_task_id(request.match_info["id"])
+    task = await state.repo.get_task(task_id)
+    if task is None:
+        return error_response(404, f"no task with id {task_id}", "id")
+    steps = await state.repo.steps_of_task(task_id)
+    return json_response({"task": task_json(task), "steps": [s.to_json() for s in steps]})
+
+
+async def count_tasks(request: web.Request) -> web.Response:
+    counts = await _state(request).repo.count_by_status()
+    return json_response({"counts": counts, "total": sum(counts.values())})
+
+
+# ---------------------------------------------------------------- user actions
+async def retry_task(request: web.Request) -> web.Response:
+    state = await _writer_state(request)
+    task = await state.writer.retry(parse_task_id(request.match_info["id"]))
+    return json_response({"task": task_json(task)})
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    state = await _writer_state(request)
+    task = await state.writer.cancel(parse_task_id(request.match_info["id"]))
+    return json_response({"task": task_json(task)})
+
+
+async def delete_failed(request: web.Request) -> web.Response:
+    state = await _writer_state(request)
+    return json_response({"deleted": await state.writer.delete_failed()})
+
+
+# ---------------------------------------------------------------- consumer protocol
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationError("body", "must be a JSON object")
+    return body
+
+
+async def consumer_claim(request: web.Request) -> web.Response:
+    state = await _writer_state(request)
+    body = _object(await read_json(request))
+    consumer_id = parse_consumer_id(body.get("consumer_id"))
+    slots = body.get("slots")
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 0 <= slots <= 1000:
+        raise ValidationError("slots", "must be an integer from 0 to 1000")
+    testers = parse_testers(body.get("testers"))
+    tasks = await state.writer.claim(consumer_id, slots, testers)
+    state.metrics.claims.inc(len(tasks))
+    return json_response({
+        "tasks": [{**task_json(t), "claim": t.claims} for t in tasks],
+        "lease_seconds": state.writer.lease_s,
+    })
+
+
+async def consumer_heartbeat(request: web.Request) -> web.Response:
+    state = await _writer_state(request)
+    body = _object(await read_json(request))
+    consumer_id = parse_consumer_id(body.get("consumer_id"))
+    answer = await state.writer.heartbeat(consumer_id, parse_task_id_list(body.get("task_ids")))
+    return json_response({
+        "renewed": [str(t) for t in answer.renewed],
+        "stop": [{"task_id": str(t), "reason": r.value} for t, r in answer.stop],
+        "lease_seconds": state.writer.lease_s,
+    })
+
+
+async def consumer_finish(request: web.Request) -> web.Response:
+    state = await _writer_state(request)
+    body = _object(await read_json(request))
+    consumer_id = parse_consumer_id(body.get("consumer_id"))
+    task_id = parse_task_id(str(body.get("task_id", "")), "task_id")
+    try:
+        outcome = Outcome(str(body.get("outcome")))
+    except ValueError:
+        raise ValidationError("outcome", "must be completed, failed or released") from None
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationError("reason", "must be a string")
+    result = body.get("result")
+    if result is not None and not isinstance(result, dict):
+        raise ValidationError("result", "must be an object")
+    task = await state.writer.finish(consumer_id, task_id, outcome,
+                                     reason=(reason or "")[:4000] or None, result=result)
+    return json_response({"status": task.status.value, "task": task_json(task)})
+
+
+# ---------------------------------------------------------------- health
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = _state(request)
+    try:
+        await state.db.ping()
+    except Exception as exc:
+        return json_response({"status": "unready", "database": str(exc)}, 503)
+    if not state.writer_ready.is_set():
+        return json_response({"status": "unready", "writer": "not acquired yet"}, 503)
+    return json_response({"status": "ready", "database": "ok", "writer": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = _state(request)
+    try:
+        for status, count in (await state.repo.count_by_status()).items():
+            state.metrics.tasks.labels(status).set(count)
+    except Exception:  # a scrape must still answer with what is in memory
+        state.metrics.tasks.clear()
+    body = generate_latest(state.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    from producer.openapi import build_document
+
+    return json_response(build_document(request.app))
+
+
+_LIST_QUERY = ("status", "error_id", "bad_job_id", "suite", "group", "limit", "cursor")
+_TASK_RESPONSES = {200: "TaskWithSteps", 404: "Error"}
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/api/v1/tasks", submit_task, Access.WRITE,
+          "Submit a bisection task (existing pair: 200 with that task)", body="SubmitTask",
+          responses={201: "TaskCreated", 200: "TaskCreated", 422: "Error"}),
+    Route("POST", "/api/v1/tasks/batch", submit_batch, Access.WRITE,
+          "Submit up to 1,000 tasks, answered per task", body="SubmitBatch",
+          responses={200: "BatchResult", 400: "Error"}),
+    Route("GET", "/api/v1/tasks", list_tasks, Access.READ,
+          "List tasks, newest first, paged by cursor", query=_LIST_QUERY,
+          responses={200: "TaskList", 422: "Error"}),
+    Route("GET", "/api/v1/tasks/counts", count_tasks, Access.READ, "Task counts by status",
+          responses={200: "Counts"}),
+    Route("GET", r"/api/v1/tasks/{id:\d+}", get_task, Access.READ, "One task with its steps",
+          responses=_TASK_RESPONSES),
+    Route("POST", r"/api/v1/tasks/{id:\d+}/retry", retry_task, Access.WRITE,
+          "Put a failed or cancelled task back to waiting (attempts kept)",
+          responses={200: "TaskCreated", 404: "Error", 409: "Error"}),
+    Route("POST", r"/api/v1/tasks/{id:\d+}/cancel", cancel_task, Access.WRITE,
+          "Cancel a waiting task, or tell the consumer running it to stop",
+          responses={200: "TaskCreated", 404: "Error", 409: "Error"}),
+    Route("DELETE", "/api/v1/tasks/failed", delete_failed, Access.WRITE,
+          "Delete every failed task and its steps", responses={200: "Deleted"}),
+    # compass-ci's routes, kept as aliases.
+    Route("POST", "/api/v1/new_bisect_task", submit_task, Access.WRITE,
+          "compass-ci alias of POST /api/v1/tasks", body="SubmitTask",
+          responses={201: "TaskCreated", 200: "TaskCreated", 422: "Error"}),
+    Route("GET", "/api/v1/list_bisect_tasks", list_tasks, Access.READ,
+          "compass-ci alias of GET /api/v1/tasks", query=_LIST_QUERY,
+          responses={200: "TaskList"}),
+    Route("DELETE", "/api/v1/delete_failed_tasks", delete_failed, Access.WRITE,
+          "compass-ci alias of DELETE /api/v1/tasks/failed", responses={200: "Deleted"}),
+    # The consumer protocol (docs/consumer-protocol.md).
+    Route("POST", "/api/v1/internal/claim", consumer_claim, Access.CONSUMER,
+          "Consumer: claim up to `slots` waiting tasks with a lease", body="Claim",
+          responses={200: "ClaimResult"}),
+    Route("POST", "/api/v1/internal/heartbeat", consumer_heartbeat, Access.CONSUMER,
+          "Consumer: renew leases; lists tasks to stop", body="Heartbeat",
+          responses={200: "HeartbeatResult"}),
+    Route("POST", "/api/v1/internal/finish", consumer_finish, Access.CONSUMER,
+          "Consumer: report a task completed, failed or released", body="Finish",
+          responses={200: "TaskCreated", 409: "Error"}),
+    Route("GET", "/healthz", healthz, Access.OPEN, "Liveness", responses={200: "Status"}),
+    Route("GET", "/readyz", readyz, Access.OPEN, "Readiness (database reachable, writer held)",
+          responses={200: "Status", 503: "Status"}),
+    Route("GET", "/metrics", metrics, Access.OPEN, "Prometheus metrics",
+          responses={200: "Text"}),
+    Route("GET", "/api/v1/openapi.json", openapi_json, Access.OPEN,
+          "This OpenAPI document", responses={200: "Object"}),
+)
+

@@ -1,0 +1,101 @@
+"""The producer's settings: one frozen dataclass from ``BISECT_*`` variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from common.errors import ConfigError
+from common.settings import DbUrl, Env
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 8080
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_LEASE_S = 30
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_SWEEP_INTERVAL_S = 5.0
+DEFAULT_WRITER_HEARTBEAT_S = 2.0
+DEFAULT_DISCOVERY_INTERVAL_S = 60.0
+DEFAULT_DISCOVERY_PAGE = 1000
+DEFAULT_DISCOVERY_BATCH = 500
+DEFAULT_PENDING_HORIZON_S = 3 * 24 * 3600
+DEFAULT_TESTER = "compass"
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    db_url: DbUrl
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    api_tokens: frozenset[str] = frozenset()
+    consumer_tokens: frozenset[str] = frozenset()
+    open_reads: bool = True
+    repo_url_allow: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    lease_s: int = DEFAULT_LEASE_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
+    writer_heartbeat_s: float = DEFAULT_WRITER_HEARTBEAT_S
+    default_tester: str = DEFAULT_TESTER
+    discovery_enabled: bool = True
+    discovery_interval_s: float = DEFAULT_DISCOVERY_INTERVAL_S
+    discovery_page_size: int = DEFAULT_DISCOVERY_PAGE
+    discovery_batch_size: int = DEFAULT_DISCOVERY_BATCH
+    discovery_suites_include: tuple[str, ...] = ()
+    discovery_suites_exclude: tuple[str, ...] = ()
+    discovery_pending_horizon_s: int = DEFAULT_PENDING_HORIZON_S
+    discovery_tester: str = DEFAULT_TESTER
+    instance_id: str = ""
+    public_url: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerSettings:
+        env = Env(environ)
+        api_tokens = env.secrets("BISECT_API_TOKENS", "BISECT_API_TOKENS_FILE")
+        consumer_tokens = env.secrets("BISECT_CONSUMER_TOKENS", "BISECT_CONSUMER_TOKENS_FILE")
+        open_reads = env.get_bool("BISECT_OPEN_READS", True)
+        for name, value in (("BISECT_API_TOKENS", api_tokens),
+                            ("BISECT_CONSUMER_TOKENS", consumer_tokens)):
+            if not value:
+                raise ConfigError(f"{name} (or {name}_FILE): at least one token is required")
+        port = env.get_int("BISECT_PORT", DEFAULT_PORT, minimum=0, maximum=65535)
+        host = env.get_str("BISECT_HOST", DEFAULT_HOST)
+        default_tester = env.get_str("BISECT_DEFAULT_TESTER", DEFAULT_TESTER)
+        instance = env.get_str("BISECT_INSTANCE_ID",
+                               f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        return cls(
+            db_url=env.db_url(),
+            host=host,
+            port=port,
+            api_tokens=api_tokens,
+            consumer_tokens=consumer_tokens,
+            open_reads=open_reads,
+            repo_url_allow=env.get_list("BISECT_REPO_URL_ALLOW"),
+            max_body_bytes=env.get_int("BISECT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES,
+                                       minimum=1024),
+            lease_s=env.get_int("BISECT_LEASE_SECONDS", DEFAULT_LEASE_S, minimum=1,
+                                maximum=3600),
+            max_attempts=env.get_int("BISECT_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1),
+            sweep_interval_s=env.get_float("BISECT_SWEEP_INTERVAL_S", DEFAULT_SWEEP_INTERVAL_S,
+                                           minimum=0.05),
+            writer_heartbeat_s=env.get_float("BISECT_WRITER_HEARTBEAT_S",
+                                             DEFAULT_WRITER_HEARTBEAT_S, minimum=0.1),
+            default_tester=default_tester,
+            discovery_enabled=env.get_bool("BISECT_DISCOVERY", True),
+            discovery_interval_s=env.get_float("BISECT_DISCOVERY_INTERVAL_S",
+                                               DEFAULT_DISCOVERY_INTERVAL_S, minimum=0.05),
+            discovery_page_size=env.get_int("BISECT_DISCOVERY_PAGE_SIZE", DEFAULT_DISCOVERY_PAGE,
+                                            minimum=1, maximum=1000),
+            discovery_batch_size=env.get_int("BISECT_DISCOVERY_BATCH_SIZE",
+                                             DEFAULT_DISCOVERY_BATCH, minimum=1, maximum=1000),
+            discovery_suites_include=env.get_list("BISECT_DISCOVERY_SUITES"),
+            discovery_suites_exclude=env.get_list("BISECT_DISCOVERY_EXCLUDE_SUITES"),
+            discovery_pending_horizon_s=env.get_int("BISECT_DISCOVERY_PENDING_HORIZON_S",
+                                                    DEFAULT_PENDING_HORIZON_S, minimum=0),
+            discovery_tester=env.get_str("BISECT_DISCOVERY_TESTER", default_tester),
+            instance_id=instance,
+            public_url=env.get_str("BISECT_PUBLIC_URL", f"http://127.0.0.1:{port}"),
+        )

@@ -1,0 +1,208 @@
+"""Parsing and checking of API input: every rule names the field it is about."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import ValidationError
+from common.models import TaskStatus
+
+MAX_KEY_LEN = 255
+MAX_ERROR_ID_BYTES = 8192
+MAX_PRIORITY = 1000
+MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_BATCH = 1000
+MAX_LIST_LIMIT = 1000
+
+_TESTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A commit-ish git will not take for an option: no leading '-', no spaces or control chars.
+_REV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./^~@{}-]{0,254}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+_CURSOR = re.compile(r"^(\d{1,19})\.(\d{1,19})$")
+
+SUBMIT_FIELDS = ("bad_job_id", "error_id", "priority", "good_commit", "tester", "timeout",
+                 "repo_url", "bad_commit")
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    bad_job_id: str
+    error_id: str
+    priority: int = 0
+    good_commit: str | None = None
+    tester: str | None = None
+    timeout: int | None = None
+    repo_url: str | None = None
+    bad_commit: str | None = None
+
+
+def _require_object(body: Any, field: str = "body") -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationError(field, "must be a JSON object")
+    return body
+
+
+def _opt_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(name, f"must be a string, got {type(value).__name__}")
+    return value if value != "" else None
+
+
+def _opt_int(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(name, f"must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValidationError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_job_id(value: Any, field: str = "bad_job_id") -> str:
+    if isinstance(value, bool) or value is None:
+        raise ValidationError(field, "is required" if value is None else "must be a string")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValidationError(field, "must be a positive job id")
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string or integer, got {type(value).__name__}")
+    if not _JOB_ID.match(value):
+        raise ValidationError(field, "must be 1-255 characters of letters, digits, '_.:-'")
+    return value
+
+
+def parse_error_id(value: Any, field: str = "error_id") -> str:
+    if value is None:
+        raise ValidationError(field, "is required")
+    if not isinstance(value, str) or value == "":
+        raise ValidationError(field, "must be a non-empty string")
+    if len(value.encode("utf-8")) > MAX_ERROR_ID_BYTES:
+        raise ValidationError(field, f"is longer than {MAX_ERROR_ID_BYTES} bytes")
+    if any(ch.isspace() or ord(ch) < 32 for ch in value):
+        # compass-ci separates error ids by spaces: an id never contains one.
+        raise ValidationError(field, "must not contain whitespace or control characters")
+    return value
+
+
+def _rev(body: dict[str, Any], name: str) -> str | None:
+    value = _opt_str(body, name)
+    if value is not None and not _REV.match(value):
+        raise ValidationError(name, "is not a valid git revision")
+    return value
+
+
+def parse_submit(body: Any, repo_url_allow: tuple[str, ...]) -> SubmitRequest:
+    data = _require_object(body)
+    unknown = sorted(set(data) - set(SUBMIT_FIELDS))
+    if unknown:
+        raise ValidationError(unknown[0], "unknown field")
+    tester = _opt_str(data, "tester")
+    if tester is not None and not _TESTER.match(tester):
+        raise ValidationError("tester", "must be a profile name (letters, digits, '_.-', "
+                                        "at most 64), never a command")
+    repo_url = _opt_str(data, "repo_url")
+    if repo_url is not None:
+        if not repo_url_allow:
+            raise ValidationError("repo_url", "not accepted: no BISECT_REPO_URL_ALLOW prefixes "
+                                              "are configured")
+        if not any(repo_url.startswith(prefix) for prefix in repo_url_allow):
+            raise ValidationError("repo_url", "is not under an allowed prefix "
+                                              f"({', '.join(repo_url_allow)})")
+        if len(repo_url) > 2048 or any(ch.isspace() for ch in repo_url):
+            raise ValidationError("repo_url", "must be a URL without spaces (max 2048)")
+    return SubmitRequest(
+        bad_job_id=parse_job_id(data.get("bad_job_id")),
+        error_id=parse_error_id(data.get("error_id")),
+        priority=_opt_int(data, "priority", 0, MAX_PRIORITY) or 0,
+        good_commit=_rev(data, "good_commit"),
+        tester=tester,
+        timeout=_opt_int(data, "timeout", 1, MAX_TIMEOUT_S),
+        repo_url=repo_url,
+        bad_commit=_rev(data, "bad_commit"),
+    )
+
+
+def parse_batch(body: Any) -> list[Any]:
+    data = _require_object(body)
+    tasks = data.get("tasks")
+    if not isinstance(tasks, list):
+        raise ValidationError("tasks", "must be a list of task objects")
+    if not tasks:
+        raise ValidationError("tasks", "must not be empty")
+    if len(tasks) > MAX_BATCH:
+        raise ValidationError("tasks", f"at most {MAX_BATCH} tasks per batch, got {len(tasks)}")
+    return tasks
+
+
+def parse_task_id(value: str, field: str = "id") -> int:
+    if not value.isdigit() or len(value) > 19:
+        raise ValidationError(field, "must be a task id (a positive integer)")
+    number = int(value)
+    if not 0 < number < 2**63:
+        raise ValidationError(field, "must be a task id (a positive 63-bit integer)")
+    return number
+
+
+def parse_status(value: str | None) -> TaskStatus | None:
+    if value is None or value == "":
+        return None
+    try:
+        return TaskStatus(value)
+    except ValueError:
+        names = ", ".join(s.value for s in TaskStatus)
+        raise ValidationError("status", f"unknown status {value!r}; one of {names}") from None
+
+
+def parse_limit(value: str | None, default: int = 50) -> int:
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIST_LIMIT:
+        raise ValidationError("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return int(value)
+
+
+def parse_cursor(value: str | None) -> tuple[int, int] | None:
+    if value is None or value == "":
+        return None
+    match = _CURSOR.match(value)
+    if not match:
+        raise ValidationError("cursor", "must be a cursor from a previous page ('N.N')")
+    return int(match.group(1)), int(match.group(2))
+
+
+def format_cursor(created_at: int, task_id: int) -> str:
+    return f"{created_at}.{task_id}"
+
+
+def parse_consumer_id(value: Any) -> str:
+    if not isinstance(value, str) or not _JOB_ID.match(value):
+        raise ValidationError("consumer_id", "must be 1-255 characters of letters, digits, "
+                                             "'_.:-'")
+    return value
+
+
+def parse_testers(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or len(value) > 100:
+        raise ValidationError("testers", "must be a non-empty list of profile names")
+    for item in value:
+        if not isinstance(item, str) or not _TESTER.match(item):
+            raise ValidationError("testers", f"{item!r} is not a profile name")
+    return value
+
+
+def parse_task_id_list(value: Any, field: str = "task_ids") -> list[int]:
+    if not isinstance(value, list) or len(value) > MAX_BATCH:
+        raise ValidationError(field, f"must be a list of at most {MAX_BATCH} task ids")
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            raise ValidationError(field, "must hold task ids")
+        out.append(parse_task_id(str(item), field))
+    return out

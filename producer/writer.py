@@ -1,0 +1,304 @@
+"""The task-state writer: the one place where a task's status or owner changes.
+
+Manticore has no compare-and-swap and no unique keys, so two processes doing
+"SELECT, then UPDATE" can both win. Every state change therefore runs here, in one producer
+process, under one asyncio lock: no interleaving can create two tasks for one
+(bad_job_id, error_id) or give a task two owners. Reads need no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import pymysql
+import structlog
+
+from common import ids
+from common.models import NewTask, Task, TaskStatus
+from common.repository import Repository, new_task_row, task_from_row
+from producer.errors import InvalidTransition, NotOwner, ProducerError, TaskNotFound
+
+log = structlog.get_logger(__name__)
+
+
+class StopReason(StrEnum):
+    CANCELLED = "cancelled"
+    LEASE_LOST = "lease_lost"
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    task: Task
+    created: bool
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswer:
+    renewed: list[int]
+    stop: list[tuple[int, StopReason]]
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    requeued: list[int]
+    failed: list[int]
+    cancelled: list[int]
+
+
+def _is_duplicate(exc: BaseException) -> bool:
+    return isinstance(exc, pymysql.err.MySQLError) and (
+        (exc.args and exc.args[0] == 1062) or "duplicate" in str(exc).lower())
+
+
+class TaskStateWriter:
+    def __init__(self, repo: Repository, *, lease_s: int, max_attempts: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._repo = repo
+        self._lease_ms = lease_s * 1000
+        self.lease_s = lease_s
+        self._max_attempts = max_attempts
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._grace_until_ms = 0
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def start(self) -> None:
+        """Called when this process becomes the writer: consumers that could not reach the
+        previous producer keep their leases for one full period before the sweeper looks."""
+        self._grace_until_ms = self._now_ms() + self._lease_ms
+
+    # ------------------------------------------------------------------ submit
+    async def submit(self, items: Sequence[NewTask]) -> list[SubmitResult]:
+        """Create the tasks that do not exist yet; return each item's task and whether it
+        was created. The same pair twice (in one call or across calls) gives one task."""
+        async with self._lock:
+            return await self._submit_locked(items)
+
+    async def _submit_locked(self, items: Sequence[NewTask]) -> list[SubmitResult]:
+        known = await self._repo.tasks_by_ids([ids.task_id(i.bad_job_id, i.error_id)
+                                               for i in items])
+        occupied: dict[int, tuple[str, str]] = {
+            tid: (t.bad_job_id, t.error_id) for tid, t in known.items()}
+        by_pair: dict[tuple[str, str], SubmitResult] = {}
+        rows: list[dict[str, Any]] = []
+        results: list[SubmitResult | tuple[str, str]] = []
+        now_s, now_ms = int(self._clock()), self._now_ms()
+        for item in items:
+            pair = (item.bad_job_id, item.error_id)
+            if pair in by_pair:
+                results.append(pair)
+                continue
+            task_id = await self._free_or_own_id(pair, occupied, known)
+            if task_id in known and (known[task_id].bad_job_id,
+                                     known[task_id].error_id) == pair:
+                by_pair[pair] = SubmitResult(known[task_id], created=False)
+            else:
+                row = new_task_row(task_id, item, now_s, now_ms)
+                rows.append(row)
+                occupied[task_id] = pair
+                by_pair[pair] = SubmitResult(task_from_row(row), created=True)
+            results.append(pair)
+        if rows:
+            await self._insert(rows, by_pair)
+        out: list[SubmitResult] = []
+        seen: set[tuple[str, str]] = set()
+        for entry in results:
+            assert isinstance(entry, tuple)
+            result = by_pair[entry]
+            # A pair repeated inside one request is "existing" from its second mention on.
+            out.append(result if entry not in seen else SubmitResult(result.task, False))
+            seen.add(entry)
+        return out
+
+    async def _free_or_own_id(self, pair: tuple[str, str], occupied: dict[int, tuple[str, str]],
+                              known: dict[int, Task]) -> int:
+        """Follow the probe sequence until an id that is free or holds this very pair."""
+        for probe in range(ids.MAX_PROBES):
+            task_id = ids.task_id(*pair, probe=probe)
+            if probe > 0 and task_id not in occupied:
+                stored = await self._repo.get_task(task_id)
+                if stored is not None:
+                    known[task_id] = stored
+                    occupied[task_id] = (stored.bad_job_id, stored.error_id)
+            holder = occupied.get(task_id)
+            if holder is None or holder == pair:
+                if probe > 0:
+                    log.warning("task_id_collision", bad_job_id=pair[0], probe=probe)
+                return task_id
+        raise ProducerError(f"no free task id for {pair!r} after {ids.MAX_PROBES} probes")
+
+    async def _insert(self, rows: list[dict[str, Any]],
+                      by_pair: dict[tuple[str, str], SubmitResult]) -> None:
+        try:
+            await self._repo.insert_tasks(rows)
+            return
+        except pymysql.err.MySQLError as exc:
+            if not _is_duplicate(exc):
+                raise
+        # A retried insert whose first reply was lost, or rows of an earlier writer: insert
+        # one by one and take what is stored where the id is taken.
+        for row in rows:
+            try:
+                await self._repo.insert_tasks([row])
+            except pymysql.err.MySQLError as exc:
+                if not _is_duplicate(exc):
+                    raise
+                stored = await self._repo.get_task(row["id"])
+                if stored is not None:
+                    by_pair[(stored.bad_job_id, stored.error_id)] = SubmitResult(stored, False)
+
+    # ------------------------------------------------------------------ user actions
+    async def _require(self, task_id: int) -> Task:
+        task = await self._repo.get_task(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    async def retry(self, task_id: int) -> Task:
+        """Put a failed or cancelled task back to waiting; attempts are kept."""
+        async with self._lock:
+            task = await self._require(task_id)
+            if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                raise InvalidTransition(f"task is {task.status.value}; only failed or "
+                                        "cancelled tasks can be retried")
+            await self._repo.mark_requeued(task_id, attempts=task.attempts,
+                                           retry_count=task.retry_count + 1,
+                                           last_error=task.last_error)
+            log.info("task_retried", task_id=task_id)
+            return await self._require(task_id)
+
+    async def cancel(self, task_id: int, reason: str = "cancelled by user") -> Task:
+        """A waiting task is cancelled at once; a running one is marked, and its consumer is
+        told to stop at its next heartbeat."""
+        async with self._lock:
+            task = await self._require(task_id)
+            if task.status is TaskStatus.WAIT:
+                await self._repo.mark_cancelled(task_id, reason)
+            elif task.status is TaskStatus.PROCESSING:
+                await self._repo.mark_cancel_requested(task_id)
+            else:
+                raise InvalidTransition(f"task is {task.status.value}; nothing to cancel")
+            log.info("task_cancel_requested", task_id=task_id, status=task.status.value)
+            return await self._require(task_id)
+
+    async def delete_failed(self) -> int:
+        async with self._lock:
+            task_ids = await self._repo.task_ids_by_status(TaskStatus.FAILED)
+            await self._repo.delete_tasks(task_ids)
+            log.info("failed_tasks_deleted", count=len(task_ids))
+            return len(task_ids)
+
+    # ------------------------------------------------------------------ consumers
+    async def claim(self, consumer_id: str, slots: int, testers: Sequence[str]) -> list[Task]:
+        """Give up to ``slots`` waiting tasks to ``consumer_id``: highest priority, then
+        oldest. Serialized, so a task is never handed to two consumers."""
+        async with self._lock:
+            tasks = await self._repo.claimable_tasks(testers, slots)
+            now = self._now_ms()
+            claimed = []
+            for task in tasks:
+                lease = now + self._lease_ms
+                await self._repo.mark_claimed(task.id, consumer_id, lease, task.claims + 1,
+                                              int(self._clock()))
+                claimed.append(dataclasses.replace(
+                    task, status=TaskStatus.PROCESSING, owner=consumer_id,
+                    lease_expires_ms=lease, claims=task.claims + 1,
+                    start_time=int(self._clock()), cancel_requested=False))
+                log.info("task_claimed", task_id=task.id, consumer_id=consumer_id,
+                         claim=task.claims + 1)
+            return claimed
+
+    async def heartbeat(self, consumer_id: str, task_ids: Sequence[int]) -> HeartbeatAnswer:
+        async with self._lock:
+            tasks = await self._repo.tasks_by_ids(task_ids)
+            renewed: list[int] = []
+            stop: list[tuple[int, StopReason]] = []
+            lease = self._now_ms() + self._lease_ms
+            for task_id in task_ids:
+                task = tasks.get(task_id)
+                if task is None or task.owner != consumer_id:
+                    stop.append((task_id, StopReason.LEASE_LOST))
+                elif task.status is TaskStatus.CANCELLED or task.cancel_requested:
+                    stop.append((task_id, StopReason.CANCELLED))
+                elif task.status is not TaskStatus.PROCESSING:
+                    stop.append((task_id, StopReason.LEASE_LOST))
+                else:
+                    await self._repo.renew_lease(task_id, lease)
+                    renewed.append(task_id)
+            for task_id, reason in stop:
+                log.info("task_stop_requested", task_id=task_id, consumer_id=consumer_id,
+                         reason=reason.value)
+            return HeartbeatAnswer(renewed, stop)
+
+    async def finish(self, consumer_id: str, task_id: int, outcome: Outcome, *,
+                     reason: str | None = None, result: dict[str, Any] | None = None) -> Task:
+        async with self._lock:
+            task = await self._require(task_id)
+            if task.status is not TaskStatus.PROCESSING or task.owner != consumer_id:
+                raise NotOwner(f"task {task_id} is {task.status.value} and not held by "
+                               f"{consumer_id}; result not recorded")
+            if task.cancel_requested and outcome is not Outcome.COMPLETED:
+                await self._repo.mark_cancelled(task_id, "cancelled by user")
+            elif outcome is Outcome.COMPLETED:
+                result = result or {}
+                extra = {**task.extra, "result": result}
+                confidence = result.get("confidence")
+                await self._repo.mark_completed(
+                    task_id, bad_commit=result.get("bad_commit"),
+                    first_bad_id=result.get("first_bad_id"),
+                    first_result_root=result.get("first_result_root"),
+                    work_dir=result.get("work_dir"),
+                    confidence=float(confidence) if confidence is not None else None,
+                    verification=result.get("verification"), extra=extra)
+            elif outcome is Outcome.FAILED:
+                await self._repo.mark_failed(task_id, attempts=task.attempts,
+                                             last_error=reason or "failed")
+            else:
+                await self._repo.mark_requeued(task_id, attempts=task.attempts,
+                                               retry_count=task.retry_count,
+                                               last_error=f"released: {reason or 'shutdown'}")
+            log.info("task_finished", task_id=task_id, consumer_id=consumer_id,
+                     outcome=outcome.value)
+            return await self._require(task_id)
+
+    async def sweep(self) -> SweepReport:
+        """Return tasks whose lease expired to waiting (attempt counted) or fail them."""
+        async with self._lock:
+            now = self._now_ms()
+            report = SweepReport([], [], [])
+            if now < self._grace_until_ms:
+                return report
+            for task in await self._repo.tasks_by_status(TaskStatus.PROCESSING):
+                if (task.lease_expires_ms or 0) >= now:
+                    continue
+                attempts = task.attempts + 1
+                if task.cancel_requested:
+                    await self._repo.mark_cancelled(task.id, "cancelled by user")
+                    report.cancelled.append(task.id)
+                elif attempts >= self._max_attempts * (task.retry_count + 1):
+                    await self._repo.mark_failed(
+                        task.id, attempts=attempts,
+                        last_error=f"lease expired {attempts} times (last owner {task.owner})")
+                    report.failed.append(task.id)
+                else:
+                    await self._repo.mark_requeued(
+                        task.id, attempts=attempts, retry_count=task.retry_count,
+                        last_error=f"lease expired (owner {task.owner})")
+                    report.requeued.append(task.id)
+                log.warning("lease_expired", task_id=task.id, owner=task.owner,
+                            attempts=attempts)
+            return report
