@@ -15,8 +15,8 @@ from tests.producer_support import (
     CONSUMER,
     WRITE,
     failed_job,
-    running_producer,
     producer_settings,
+    running_producer,
 )
 
 ERR = "last_state.test.pkgbuild.exit_code.1"
