@@ -76,17 +76,19 @@ class JobDiscovery:
     async def run_cycle(self, stop: asyncio.Event | None = None) -> CycleReport:
         started = time.perf_counter()
         low = await self.cursor()
+        # Read before the pending check: every job up to ``top`` existed then, so any of
+        # them still running is found by that check.
+        top = await self._repo.max_job_id()
         whitelist = await self._repo.regression_whitelist()
         horizon = int(self._clock()) - self._settings.discovery_pending_horizon_s
         pending = await self._repo.first_unfinished_job_after(low, horizon)
         page_size = self._settings.discovery_page_size
         batch: list[NewTask] = []
-        after = highest = low
+        after = low
         jobs_read = candidates = created = 0
         while stop is None or not stop.is_set():
             jobs = await self._repo.failed_jobs_after(after, page_size)
             for job in jobs:
-                highest = max(highest, job.id)
                 if job.id in self._handled:
                     continue
                 jobs_read += 1
@@ -102,7 +104,7 @@ class JobDiscovery:
         if batch:
             created += await self._submit(batch)
             candidates += len(batch)
-        new_low = highest if pending is None else max(low, min(highest, pending - 1))
+        new_low = max(low, top if pending is None else min(top, pending - 1))
         if stop is not None and stop.is_set():
             new_low = low  # an interrupted scan proves nothing about what it did not reach
         if new_low != low:
@@ -114,7 +116,7 @@ class JobDiscovery:
             self._metrics.discovery_jobs.inc(jobs_read)
             self._metrics.discovery_seconds.observe(report.seconds)
             self._metrics.discovery_cursor.set(new_low)
-            self._metrics.discovery_lag.set(max(0, await self._repo.max_job_id() - new_low))
+            self._metrics.discovery_lag.set(max(0, top - new_low))
             self._metrics.tasks_created.labels("discovery").inc(created)
         log.info("discovery_cycle", jobs_read=jobs_read, candidates=candidates,
                  created=created, cursor=new_low, pending_job=pending,
