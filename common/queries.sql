@@ -143,6 +143,16 @@ SELECT id FROM jobs WHERE id > %(after)s AND submit_time >= %(horizon)s
  AND job_stage NOT IN ('finish', 'cancel', 'abort_invalid', 'abort_wait', 'abort_provider')
 ORDER BY id ASC LIMIT 1
 
+-- name: finished_jobs_at_commit [mysql]
+SELECT {jobs_columns} FROM jobs WHERE suite = %(suite)s AND job_stage = 'finish'
+ AND JSON_UNQUOTE(JSON_EXTRACT(j, '$.upstream_commit')) = %(commit)s
+ORDER BY id DESC LIMIT 100
+
+-- name: finished_jobs_at_commit [manticore]
+SELECT {jobs_columns} FROM jobs WHERE suite = %(suite)s AND job_stage = 'finish'
+ AND j.upstream_commit = %(commit)s
+ORDER BY id DESC LIMIT 100
+
 -- name: max_job_id
 SELECT id FROM jobs ORDER BY id DESC LIMIT 1
 

@@ -613,6 +613,14 @@ class Repository:
                                       {"after": after, "horizon": horizon_s})
         return int(row["id"]) if row else None
 
+    async def finished_jobs_at_commit(self, suite: str, commit: str) -> list[Job]:
+        """Finished jobs of a suite that tested ``commit`` (newest first, at most 100);
+        callers compare the remaining parameters in Python."""
+        rows = await self.db.fetch(self._q["finished_jobs_at_commit"],
+                                   {"suite": suite, "commit": commit})
+        jobs = [job_from_row(row) for row in rows]
+        return [job for job in jobs if job.data.get("upstream_commit") == commit]
+
     async def max_job_id(self) -> int:
         row = await self.db.fetch_one(self._q["max_job_id"])
         return int(row["id"]) if row else 0

@@ -142,3 +142,17 @@ async def test_unreachable_server_raises_database_unavailable() -> None:
         await db.ping()
     assert "127.0.0.1:1" in str(info.value)
     await db.close()
+
+
+async def test_finished_jobs_at_commit(repo: Repository) -> None:
+    from common.models import Job
+
+    def job(job_id: int, commit: str, stage: str = "finish") -> Job:
+        return Job(id=job_id, suite="pkgbuild", job_stage=stage, job_health="fail",
+                   errids=("e.1",), data={"upstream_commit": commit, "pp": {"a": 1}})
+
+    await repo.insert_jobs([job(1, "abc"), job(2, "abc", "running"), job(3, "ABC"),
+                            job(4, "abc")])
+    found = await repo.finished_jobs_at_commit("pkgbuild", "abc")
+    assert [j.id for j in found] == [4, 1]
+    assert found[0].data["pp"] == {"a": 1}
