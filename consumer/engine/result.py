@@ -1,0 +1,89 @@
+"""The final answer of a bisection, its ``result`` event and its exit code."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from consumer.engine.events import RESULT, Event, make_event
+
+
+class Status(StrEnum):
+    FOUND = "found"
+    AMBIGUOUS = "ambiguous"
+    NOT_REPRODUCED = "not_reproduced"
+    NO_GOOD = "no_good"
+    ERROR = "error"
+
+
+class ExitCode(IntEnum):
+    FOUND = 0
+    NO_RESULT = 1
+    ERROR = 2
+
+
+@dataclass(frozen=True)
+class Verification:
+    held: bool
+    detail: str
+    runs: int = 0
+
+
+@dataclass(frozen=True)
+class TestedCommit:
+    commit: str
+    verdict: str
+    phase: str
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class BisectResult:
+    status: Status
+    first_bad_commit: str | None = None
+    subject: str | None = None
+    author: str | None = None
+    date: str | None = None
+    candidates: tuple[str, ...] = ()
+    tested: tuple[TestedCommit, ...] = ()
+    verification: Verification | None = None
+    confidence: float = 0.0
+    runs: int = 0
+    reason: str | None = None
+    first_bad_job_id: str | None = None
+    first_result_root: str | None = None
+    good_commits: tuple[str, ...] = field(default=())
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.status is Status.FOUND:
+            return ExitCode.FOUND
+        if self.status is Status.ERROR:
+            return ExitCode.ERROR
+        return ExitCode.NO_RESULT
+
+    def to_event(self) -> Event:
+        fields: dict[str, Any] = {
+            "status": self.status.value,
+            "first_bad_commit": self.first_bad_commit,
+            "subject": self.subject,
+            "author": self.author,
+            "date": self.date,
+            "candidates": list(self.candidates),
+            "tested": [asdict(t) for t in self.tested],
+            "verification": asdict(self.verification) if self.verification else None,
+            "confidence": self.confidence,
+            "runner_up": None,
+            "runs": self.runs,
+            "reason": self.reason,
+            "first_bad_job_id": self.first_bad_job_id,
+            "first_result_root": self.first_result_root,
+            "good_commits": list(self.good_commits),
+            "head": None,
+        }
+        return make_event(RESULT, **fields)
+
+
+def error_result(reason: str, **fields: Any) -> BisectResult:
+    return BisectResult(status=Status.ERROR, reason=reason, **fields)

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+
+from consumer.engine.result import ExitCode, Status
+from consumer.engine.synthetic import make_repo, plan_history
+from tests.integration.engine.helpers import bisect, make_spec, worktrees_of
+
+
+def _events(events: list[dict[str, object]], kind: str) -> list[dict[str, object]]:
+    return [e for e in events if e["event"] == kind]
+
+
+async def test_linear_found_with_events_and_commit_info(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 64, 40)
+    result, events = await bisect(make_spec(repo, tmp_path))
+    assert result.status is Status.FOUND and result.exit_code is ExitCode.FOUND
+    assert result.first_bad_commit == repo.culprit
+    assert result.subject == "synthetic commit 40 (bad)"
+    assert result.author == "Synthetic Author <author@example.com>"
+    assert result.date is not None and result.date.startswith("2023-")
+    assert result.verification is not None and result.verification.held
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and "range" in kinds
+    steps = _events(events, "step")
+    assert steps[0]["commit"] == repo.head and steps[0]["phase"] == "check_bad"
+    assert len({s["commit"] for s in steps}) == len(steps), "a commit was tested twice"
+    verdicts = _events(events, "verdict")
+    assert len(verdicts) == len(steps)
+    assert all(v["error_id"] == "E_SYNTH" and len(str(v["tester_fingerprint"])) == 64
+               for v in verdicts)
+    progress = _events(events, "progress")
+    assert progress[-1]["candidates_left"] == 1 and progress[-1]["est_steps_left"] == 0
+    assert result.runs == len(steps)
+    assert worktrees_of(tmp_path / "cache" / "mirrors") == []
+
+
+@pytest.mark.parametrize("culprit", [1, 2, 31, 62, 63])
+async def test_linear_edges(tmp_path: Path, culprit: int) -> None:
+    repo = make_repo(tmp_path / "repo", 64, culprit)
+    result, _ = await bisect(make_spec(repo, tmp_path))
+    assert result.first_bad_commit == repo.culprit
+    assert result.runs <= math.ceil(math.log2(64)) + 2
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_merge_heavy_runs_within_log2_plus_2(tmp_path: Path, seed: int) -> None:
+    n = 400
+    parents = plan_history(n, merges=60, seed=seed)
+    picks = [i for i in range(n // 5, n, n // 5) if len(parents[i]) == 1]
+    for culprit in picks:
+        repo = make_repo(tmp_path / f"repo{culprit}", n, culprit, merges=60, seed=seed)
+        result, _ = await bisect(make_spec(repo, tmp_path))
+        assert result.first_bad_commit == repo.culprit, (seed, culprit)
+        assert result.verification is not None and result.verification.held
+        assert result.runs <= math.ceil(math.log2(n)) + 2, (seed, culprit, result.runs)
+
+
+async def test_good_commit_is_found_by_stepping_back(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 200, 150)
+    result, events = await bisect(make_spec(repo, tmp_path, good_commit=None))
+    assert result.first_bad_commit == repo.culprit
+    finds = [e for e in _events(events, "step") if e["phase"] == "find_good"]
+    assert [repo.index(str(e["commit"])) for e in finds] == [198, 197, 195, 191, 183, 167, 135]
+    assert result.good_commits == (repo.shas[135],)
+
+
+async def test_root_commit_bad_is_the_answer(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 10, 0)
+    result, _ = await bisect(make_spec(repo, tmp_path, good_commit=None))
+    assert result.status is Status.FOUND and result.first_bad_commit == repo.root
+    assert result.verification is not None and "root commit" in result.verification.detail
+
+
+async def test_no_good_within_the_search_limit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 40, 2)
+    spec = make_spec(repo, tmp_path, good_commit=None, limits={"max_good_search": 8})
+    result, _ = await bisect(spec)
+    assert result.status is Status.NO_GOOD and result.exit_code is ExitCode.NO_RESULT
+    assert "no good commit within 8" in (result.reason or "")
+
+
+async def test_not_reproduced_at_the_bad_commit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 10, 5)
+    result, events = await bisect(make_spec(repo, tmp_path, bad_commit=repo.shas[3]))
+    assert result.status is Status.NOT_REPRODUCED
+    assert "did not reproduce" in (result.reason or "") and result.runs == 1
+    assert len(_events(events, "step")) == 1
+
+
+async def test_different_error_at_bad_commit_is_not_reproduced(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 10, 5, other_range=[9])
+    result, _ = await bisect(make_spec(repo, tmp_path))
+    assert result.status is Status.NOT_REPRODUCED
+    assert "different error" in (result.reason or "")
+
+
+async def test_different_error_rule_is_applied(tmp_path: Path) -> None:
+    # Commits 10-12 fail with another error: skip by default, good when told so.
+    repo = make_repo(tmp_path / "repo", 30, 13, other_range=range(10, 13))
+    skip, _ = await bisect(make_spec(repo, tmp_path))
+    assert skip.status is Status.AMBIGUOUS
+    assert set(skip.candidates) == {repo.shas[i] for i in (10, 11, 12, 13)}
+    good, _ = await bisect(make_spec(repo, tmp_path, limits={"different_error": "good"}))
+    assert good.status is Status.FOUND and good.first_bad_commit == repo.culprit
+
+
+async def test_skipped_range_before_culprit_is_ambiguous(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 100, 60, skip_range=range(57, 60))
+    result, _ = await bisect(make_spec(repo, tmp_path))
+    assert result.status is Status.AMBIGUOUS and result.exit_code is ExitCode.NO_RESULT
+    assert set(result.candidates) == {repo.shas[i] for i in (57, 58, 59, 60)}
+    assert "could not be tested" in (result.reason or "")
+
+
+async def test_known_verdicts_are_reused(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 64, 40)
+    known = [{"commit": repo.head, "verdict": "bad"},
+             {"commit": repo.shas[32], "verdict": "good", "job_id": "j32"}]
+    result, events = await bisect(make_spec(repo, tmp_path, known_verdicts=known))
+    assert result.first_bad_commit == repo.culprit
+    reused = [e for e in _events(events, "step") if e["reused"]]
+    assert {e["commit"] for e in reused} == {repo.head, repo.shas[32]}
+    tested = {e["commit"] for e in _events(events, "verdict")}
+    assert repo.head not in tested and repo.shas[32] not in tested
+    assert result.runs <= math.ceil(math.log2(32)) + 1
+
+
+async def test_run_budget_stops_the_search(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 256, 100)
+    result, _ = await bisect(make_spec(repo, tmp_path, limits={"run_budget": 4}))
+    assert result.status is Status.AMBIGUOUS and result.runs == 4
+    assert "run budget" in (result.reason or "")
+    assert repo.culprit in result.candidates
+
+
+async def test_parallel_slots_find_the_same_commit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 300, 217, merges=20, seed=5)
+    result, events = await bisect(make_spec(repo, tmp_path, limits={"slots": 3}))
+    assert result.first_bad_commit == repo.culprit
+    assert worktrees_of(tmp_path / "cache" / "mirrors") == []
+    steps = [e["commit"] for e in _events(events, "step")]
+    assert len(set(steps)) == len(steps)
+
+
+async def test_verification_retest_mode_reruns_the_boundary(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 32, 20)
+    result, events = await bisect(make_spec(repo, tmp_path, limits={"verify": "retest"}))
+    assert result.verification is not None and result.verification.held
+    assert result.verification.runs == 2
+    verify = [e["commit"] for e in _events(events, "step") if e["phase"] == "verify"]
+    assert verify == [repo.culprit, repo.shas[19]]
+
+
+async def test_exit_codes_decide_without_error_id(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 50, 33)
+    result, _ = await bisect(make_spec(repo, tmp_path, error_id=None))
+    assert result.first_bad_commit == repo.culprit
+
+
+async def test_two_bisections_of_one_repository_at_once(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 120, 70, merges=10, seed=2)
+    specs = [make_spec(repo, tmp_path), make_spec(repo, tmp_path, bad_commit=repo.shas[100])]
+    (first, _), (second, _) = await asyncio.gather(*(bisect(s) for s in specs))
+    assert first.first_bad_commit == second.first_bad_commit == repo.culprit
+    assert worktrees_of(tmp_path / "cache" / "mirrors") == []
+    assert len(list((tmp_path / "cache" / "mirrors").glob("*.git"))) == 1
