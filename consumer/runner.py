@@ -1,0 +1,372 @@
+"""One bisection: the engine as a subprocess in its own process group.
+
+The spec goes in on stdin; JSON-line events come out on stdout and are recorded as they
+arrive; stderr (the engine's logs) is copied to this process's log, bounded. A timeout or a
+stop order kills the whole process group (SIGTERM, then SIGKILL), so the engine's test runs
+die with it. :func:`decide` turns what happened into the ``finish`` call for the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from common.errors import BisectError
+from common.models import StoredVerdict
+from consumer.client import ClaimedTask, Outcome
+from consumer.profiles import TesterProfile
+from consumer.recorder import InvalidEvent, Recorder
+from consumer.settings import ConsumerSettings, TimeoutAction
+
+log = structlog.get_logger(__name__)
+
+MAX_LINE_BYTES = 1024 * 1024  # a longer stdout "line" is dropped, not buffered
+READ_CHUNK = 64 * 1024
+MAX_STDERR_LINES = 5000  # per run; later lines are counted, not logged
+MAX_STDERR_CHARS = 2000
+MAX_GARBAGE_LOGS = 20
+PIPE_DRAIN_S = 5.0  # after the engine exits, how long its pipes may stay open
+MAX_LIST_ITEMS = 100
+
+STOP_SHUTDOWN = "shutdown"  # the consumer is stopping: release the task
+
+
+class SpecError(BisectError):
+    """The task cannot be turned into an engine spec (e.g. no repository URL)."""
+
+
+def build_spec(task: ClaimedTask, profile: TesterProfile, *, settings: ConsumerSettings,
+               known_verdicts: Sequence[StoredVerdict], work_dir: str) -> dict[str, Any]:
+    """The engine's spec for ``task`` (docs/engine-protocol.md)."""
+    if not task.git_url:
+        raise SpecError("task has no git_url")
+    if not task.known_bad_commit:
+        raise SpecError("task has no known_bad_commit")
+    raw_limits = task.extra.get("limits")
+    limits: dict[str, Any] = dict(raw_limits) if isinstance(raw_limits, dict) else {}
+    if profile.slots is not None:
+        limits.setdefault("slots", profile.slots)
+    tester = profile.tester_spec()
+    spec: dict[str, Any] = {
+        "task_id": task.id,
+        "repo_url": task.git_url,
+        "bad_commit": task.known_bad_commit,
+        "good_commit": task.good_commit,
+        "error_id": task.error_id or None,
+        "tester": tester,
+        "limits": limits,
+        "known_verdicts": [
+            {"commit": v.commit, "verdict": v.verdict.value, "runs": v.runs,
+             "bad_runs": v.bad_runs, "job_id": v.job_id}
+            for v in known_verdicts],
+        "cache_dir": settings.cache_dir,
+        "work_dir": work_dir,
+    }
+    if profile.kind == "compass":
+        # A compass tester reruns the bad job at other commits: it needs to know which job.
+        spec["bad_job_id"] = task.bad_job_id
+    return spec
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What happened to one engine process."""
+
+    result: dict[str, Any] | None
+    exit_code: int | None
+    stop_reason: str | None = None
+    timed_out: bool = False
+    last_stderr: str = ""
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The ``finish`` call to make; ``outcome`` None: the producer told us to stop, say
+    nothing."""
+
+    outcome: Outcome | None
+    reason: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _cap(value: Any) -> Any:
+    return value[:MAX_LIST_ITEMS] if isinstance(value, list) else value
+
+
+def _failure_reason(result: dict[str, Any]) -> str:
+    status = str(result.get("status"))
+    reason = result.get("reason")
+    if isinstance(reason, str) and reason:
+        return reason if reason.startswith(status) else f"{status}: {reason}"
+    candidates = result.get("candidates")
+    if status == "ambiguous" and isinstance(candidates, list):
+        shown = " ".join(str(c)[:12] for c in candidates[:5])
+        return f"ambiguous: {len(candidates)} candidates {shown}".rstrip()
+    return status
+
+
+def completed_result(result: dict[str, Any], work_dir: str) -> dict[str, Any]:
+    """compass-ci's fields of a found culprit, plus what else is worth keeping."""
+    verification = result.get("verification")
+    if isinstance(verification, dict):
+        held = "held" if verification.get("held") else "not_held"
+        detail = verification.get("detail")
+    else:
+        held, detail = "skipped", None
+    out: dict[str, Any] = {
+        "bad_commit": result.get("first_bad_commit"),
+        "first_bad_id": result.get("first_bad_job_id") or "",
+        "first_result_root": result.get("first_result_root") or "",
+        "work_dir": work_dir,
+        "confidence": result.get("confidence"),
+        "verification": held,
+    }
+    if detail:
+        out["verification_detail"] = str(detail)[:1000]
+    for key in ("subject", "author", "date", "candidates", "runs", "head", "tested",
+                "runner_up"):
+        if result.get(key) is not None:
+            out[key] = _cap(result[key])
+    return out
+
+
+def decide(run: RunResult, *, work_dir: str, timeout_action: TimeoutAction) -> Finish:
+    """The producer-facing outcome of a run."""
+    if run.stop_reason is not None and run.stop_reason != STOP_SHUTDOWN:
+        return Finish(None, run.stop_reason)
+    if run.result is not None:
+        if run.result.get("status") == "found":
+            return Finish(Outcome.COMPLETED, "", completed_result(run.result, work_dir))
+        keep = {k: _cap(run.result[k]) for k in ("candidates", "runs", "tested", "runner_up")
+                if run.result.get(k) is not None}
+        return Finish(Outcome.FAILED, _failure_reason(run.result), keep)
+    if run.stop_reason == STOP_SHUTDOWN:
+        return Finish(Outcome.RELEASED, "consumer shutting down")
+    if run.timed_out:
+        outcome = Outcome.RELEASED if timeout_action is TimeoutAction.RETRY else Outcome.FAILED
+        return Finish(outcome, "timeout")
+    reason = f"engine exited {run.exit_code} without a result"
+    if run.last_stderr:
+        reason += f": {run.last_stderr}"
+    return Finish(Outcome.FAILED, reason[:1000])
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class BisectionRun:
+    """Runs the engine once. :meth:`stop` may be called at any time, from any task."""
+
+    def __init__(self, command: Sequence[str], spec: dict[str, Any], recorder: Recorder, *,
+                 timeout_s: float, kill_grace_s: float, work_dir: str | None = None) -> None:
+        self._command = list(command)
+        self._spec = spec
+        self._recorder = recorder
+        self._timeout_s = timeout_s
+        self._kill_grace_s = kill_grace_s
+        self._work_dir = work_dir
+        self._stop = asyncio.Event()
+        self.stop_reason: str | None = None
+        self.pid: int | None = None
+        self._last_stderr = ""
+        self._stderr_lines = 0
+        self._garbage = 0
+        self.log = log.bind(task_id=recorder.scope.task_id, attempt=recorder.scope.attempt)
+
+    def stop(self, reason: str) -> None:
+        """Ask the run to kill its process group and return; the first reason wins."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop.set()
+
+    async def run(self) -> RunResult:
+        started = time.monotonic()
+        if self._stop.is_set():
+            return RunResult(None, None, stop_reason=self.stop_reason)
+        if self._work_dir:
+            await asyncio.to_thread(os.makedirs, os.path.dirname(self._work_dir) or ".",
+                                    exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        self.pid = proc.pid
+        self.log.info("engine_started", pid=proc.pid)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        readers = [asyncio.create_task(self._read_stdout(proc.stdout)),
+                   asyncio.create_task(self._read_stderr(proc.stderr))]
+        feeder = asyncio.create_task(self._feed(proc.stdin))
+        body = asyncio.create_task(self._until_exit(proc, readers))
+        stop_wait = asyncio.create_task(self._stop.wait())
+        timed_out = False
+        try:
+            done, _ = await asyncio.wait({body, stop_wait}, timeout=self._timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if body not in done:
+                timed_out = stop_wait not in done
+                if timed_out:
+                    self.log.warning("task_timeout", timeout_s=self._timeout_s)
+                else:
+                    self.log.info("engine_stopping", reason=self.stop_reason)
+                await self._kill(proc)
+                try:
+                    await asyncio.wait_for(body, PIPE_DRAIN_S + self._kill_grace_s)
+                except TimeoutError:
+                    self.log.warning("engine_pipes_stuck")
+            else:
+                body.result()  # a reader's bug surfaces here
+        finally:
+            stop_wait.cancel()
+            for task in (feeder, body, *readers):
+                task.cancel()
+            # SIGKILL whatever is left of the group: the engine when we are being
+            # cancelled, or test runs it left behind.
+            _signal_group(proc.pid, signal.SIGKILL)
+            if proc.returncode is None:
+                await proc.wait()
+            transport = getattr(proc, "_transport", None)
+            if transport is not None:
+                transport.close()  # pipes a stray grandchild still holds
+            await self._remove_work_dir()
+        await self._recorder.flush()
+        duration = time.monotonic() - started
+        if self._stderr_lines > MAX_STDERR_LINES:
+            self.log.warning("engine_stderr_dropped", lines=self._stderr_lines - MAX_STDERR_LINES)
+        if self._garbage > MAX_GARBAGE_LOGS:
+            self.log.warning("engine_garbage_dropped", lines=self._garbage - MAX_GARBAGE_LOGS)
+        self.log.info("engine_exited", exit_code=proc.returncode, duration_s=round(duration, 3),
+                      result=(self._recorder.result or {}).get("status"),
+                      stop_reason=self.stop_reason, timed_out=timed_out)
+        return RunResult(self._recorder.result, proc.returncode, stop_reason=self.stop_reason,
+                         timed_out=timed_out and self.stop_reason is None,
+                         last_stderr=self._last_stderr, duration_s=duration)
+
+    async def _until_exit(self, proc: asyncio.subprocess.Process,
+                          readers: list[asyncio.Task[None]]) -> None:
+        await proc.wait()
+        # Pipes end when every process holding them is gone; test runs the engine left
+        # behind may still hold them.
+        _, pending = await asyncio.wait(readers, timeout=PIPE_DRAIN_S)
+        if pending:
+            _signal_group(proc.pid, signal.SIGKILL)
+            await asyncio.wait(pending, timeout=PIPE_DRAIN_S)
+        for reader in readers:
+            if reader.done() and not reader.cancelled():
+                error = reader.exception()
+                if error is not None:
+                    raise error
+
+    async def _kill(self, proc: asyncio.subprocess.Process) -> None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), self._kill_grace_s)
+        except TimeoutError:
+            self.log.warning("engine_kill", pid=proc.pid)
+        _signal_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+    async def _feed(self, stdin: asyncio.StreamWriter) -> None:
+        try:
+            stdin.write(json.dumps(self._spec).encode("utf-8") + b"\n")
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            self.log.warning("engine_stdin_closed")
+        finally:
+            stdin.close()
+
+    async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
+        buffer = bytearray()
+        discarding = False
+        while True:
+            chunk = await stream.read(READ_CHUNK)
+            if not chunk:
+                break
+            start = 0
+            while True:
+                end = chunk.find(b"\n", start)
+                if end < 0:
+                    if not discarding:
+                        buffer += chunk[start:]
+                        if len(buffer) > MAX_LINE_BYTES:
+                            self._garbage_line(f"line longer than {MAX_LINE_BYTES} bytes")
+                            buffer.clear()
+                            discarding = True
+                    break
+                if discarding:
+                    discarding = False
+                else:
+                    buffer += chunk[start:end]
+                    if len(buffer) > MAX_LINE_BYTES:
+                        self._garbage_line(f"line longer than {MAX_LINE_BYTES} bytes")
+                    else:
+                        await self._line(bytes(buffer))
+                    buffer.clear()
+                start = end + 1
+        if buffer and not discarding:
+            await self._line(bytes(buffer))
+
+    async def _line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", errors="replace").strip()
+        if not text:
+            return
+        try:
+            event = json.loads(text)
+        except ValueError:
+            self._garbage_line(text)
+            return
+        if not isinstance(event, dict):
+            self._garbage_line(text)
+            return
+        try:
+            await self._recorder.handle(event)
+        except InvalidEvent as exc:
+            self._garbage_line(text, str(exc))
+
+    def _garbage_line(self, text: str, why: str = "not a JSON object") -> None:
+        self._garbage += 1
+        if self._garbage <= MAX_GARBAGE_LOGS:
+            self.log.warning("engine_output_garbage", line=text[:200], why=why)
+
+    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
+        partial = b""
+        while True:
+            chunk = await stream.read(READ_CHUNK)
+            if not chunk:
+                break
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            if len(partial) > MAX_LINE_BYTES:
+                lines.append(partial)
+                partial = b""
+            for line in lines:
+                self._stderr_line(line)
+        if partial:
+            self._stderr_line(partial)
+
+    def _stderr_line(self, raw: bytes) -> None:
+        text = raw[:MAX_STDERR_CHARS * 4].decode("utf-8", errors="replace").rstrip()
+        if not text:
+            return
+        self._last_stderr = text[-500:]
+        self._stderr_lines += 1
+        if self._stderr_lines <= MAX_STDERR_LINES:
+            self.log.info("engine_stderr", line=text[:MAX_STDERR_CHARS])
+
+    async def _remove_work_dir(self) -> None:
+        """The engine removes its worktree; a killed engine cannot, so do it here."""
+        if self._work_dir:
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, self._work_dir,
+                                                   ignore_errors=True))
