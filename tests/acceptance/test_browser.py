@@ -1,0 +1,84 @@
+"""The dashboard in headless Chromium, served by a real producer with real data: screenshots
+under ``artifacts/screenshots/`` (kept by CI) and a check that the live polling runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.repository import Repository
+from common.settings import DbUrl
+from tests.integration.test_dashboard import seed
+from tests.producer_support import producer_settings, running_producer
+
+pytestmark = pytest.mark.acceptance
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+DESKTOP = "1280,1000"
+PHONE = "390,844"
+
+
+def _chromium() -> str:
+    found = os.environ.get("BISECT_CHROMIUM") or shutil.which("chromium") or (
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if not found:
+        reason = "no Chromium installed (apt-get install chromium): browser test skipped"
+        print(reason)
+        pytest.skip(reason)
+    return found
+
+
+async def _chromium_run(binary: str, profile: Path, url: str, *args: str) -> bytes:
+    proc = await asyncio.create_subprocess_exec(
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+        f"--user-data-dir={profile}", *args, url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    return out
+
+
+async def _screenshot(binary: str, profile: Path, url: str, name: str, size: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    path.unlink(missing_ok=True)
+    await _chromium_run(binary, profile, url, f"--screenshot={path}", f"--window-size={size}")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+    return path
+
+
+async def test_dashboard_in_chromium(repo: Repository, db_url: DbUrl, tmp_path: Path) -> None:
+    binary = _chromium()
+    async with running_producer(producer_settings(db_url)) as client:
+        seeded = await seed(client, repo)
+        base = str(client.make_url("")).rstrip("/")
+        pages = {
+            "dashboard": f"{base}/dashboard",
+            "task-completed": f"{base}/dashboard/tasks/{seeded.completed}",
+            "task-running": f"{base}/dashboard/tasks/{seeded.running}",
+        }
+        for name, url in pages.items():
+            tall = name.startswith("task")  # the whole timeline and report in the picture
+            await _screenshot(binary, tmp_path / "profile", url, f"{name}-desktop",
+                              "1280,1800" if tall else DESKTOP)
+            await _screenshot(binary, tmp_path / "profile", url, f"{name}-phone",
+                              "390,2400" if tall else PHONE)
+
+        # The running task's page polls its live route in the browser and swaps in fragments.
+        dom = (await _chromium_run(binary, tmp_path / "profile", pages["task-running"],
+                                   "--dump-dom", "--virtual-time-budget=10000")).decode()
+        assert 'data-live-status="ok"' in dom
+        assert "3 of ~8, 12 left" in dom
+        assert "<script>alert" not in dom.split("<script>", 1)[0]

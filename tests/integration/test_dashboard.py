@@ -1,0 +1,230 @@
+"""The dashboard pages and the plain-text report, through the HTTP test client on the real
+database. ``seed`` is shared with the CLI and browser tests."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from common.models import Step, Task, TaskStatus, Verdict
+from common.repository import Repository
+from common.settings import DbUrl
+from producer.report import render_report
+from tests.producer_support import (
+    CONSUMER,
+    WRITE,
+    failed_job,
+    producer_settings,
+    running_producer,
+)
+
+ERR = "last_state.test.pkgbuild.exit_code.1"
+EVIL_ERR = "<script>alert('err')</script>"
+EVIL_JOB = "<img src=x onerror=alert(1)>"
+LOG_LINE = "foo.c:12: undefined reference to `bar' <b>"
+
+
+def sha(label: str) -> str:
+    return hashlib.sha1(label.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Seeded:
+    completed: str  # compass-ci task, bisected to sha("c3")
+    running: str  # processing, step 3 of ~8, evil error id and job id
+    waiting: str  # outside compass-ci, never claimed
+
+
+async def _claim(client: TestClient[Any, Any]) -> dict[str, Any]:
+    answer = await client.post("/api/v1/internal/claim", headers=CONSUMER, json={
+        "consumer_id": "c1", "slots": 1, "testers": ["compass"]})
+    (task,) = (await answer.json())["tasks"]
+    return task
+
+
+async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
+    """Three tasks: one completed with a four-step timeline, one running, one waiting."""
+    await repo.insert_jobs([failed_job(42, ERR, commit=sha("bad"))])
+    submits = [
+        {"bad_job_id": 42, "error_id": ERR, "priority": 900, "good_commit": sha("good")},
+        {"bad_job_id": "ext-7", "error_id": EVIL_ERR, "priority": 800,
+         "repo_url": "https://git.example/evil.git", "bad_commit": sha("evil-bad")},
+        {"bad_job_id": "ext-8", "error_id": "stderr.warning_unused", "priority": 1,
+         "repo_url": "https://git.example/other.git", "bad_commit": sha("other-bad")},
+    ]
+    ids = []
+    for body in submits:
+        answer = await client.post("/api/v1/tasks", json=body, headers=WRITE)
+        assert answer.status == 201, await answer.text()
+        ids.append((await answer.json())["task"]["id"])
+
+    done = await _claim(client)
+    assert done["id"] == ids[0]
+    verdicts = [("c1", Verdict.GOOD), ("c2", Verdict.SKIP), ("c4", Verdict.GOOD),
+                ("c3", Verdict.BAD)]
+    for seq, (label, verdict) in enumerate(verdicts):
+        await repo.record_step(Step(
+            task_id=int(done["id"]), attempt=done["claim"], seq=seq, commit=sha(label),
+            verdict=verdict, runs=2, bad_runs=2 if verdict is Verdict.BAD else 0,
+            job_id=f"10{seq}", result_root=f"/result/10{seq}", duration_ms=61_000 + seq,
+            detail=LOG_LINE if verdict is Verdict.BAD else None))
+    finished = await client.post("/api/v1/internal/finish", headers=CONSUMER, json={
+        "consumer_id": "c1", "task_id": done["id"], "outcome": "completed", "result": {
+            "bad_commit": sha("c3"), "first_bad_id": "103", "first_result_root": "/result/103",
+            "confidence": 0.97, "verification": "held",
+            "verification_detail": "parent good 2/2, commit bad 2/2",
+            "subject": "lib: drop bar()", "author": "Ann Dev <ann@example.org>",
+            "date": "2024-05-01", "head": {"commit": sha("head"), "verdict": "bad"}}})
+    assert finished.status == 200, await finished.text()
+
+    running = await _claim(client)
+    assert running["id"] == ids[1]
+    for seq, label in enumerate(("e1", "e2")):
+        await repo.record_step(Step(
+            task_id=int(running["id"]), attempt=running["claim"], seq=seq, commit=sha(label),
+            verdict=Verdict.GOOD, job_id=EVIL_JOB, duration_ms=5_000))
+    await repo.update_progress(int(running["id"]), current_step=3, steps_estimate=8,
+                               candidates_left=12)
+    return Seeded(completed=ids[0], running=ids[1], waiting=ids[2])
+
+
+async def test_dashboard_lists_tasks_with_counts_steps_and_escaping(repo: Repository,
+                                                                   db_url: DbUrl) -> None:
+    async with running_producer(producer_settings(db_url)) as client:
+        seeded = await seed(client, repo)
+        root = await client.get("/", allow_redirects=False)
+        assert root.status == 302 and root.headers["Location"] == "/dashboard"
+        page = await client.get("/dashboard")
+        assert page.status == 200 and page.content_type == "text/html"
+        assert "script-src 'sha256-" in page.headers["Content-Security-Policy"]
+        html = await page.text()
+        assert f"pkgbuild: {ERR}" in html and ">pkgbuild<" in html
+        for status in ("completed", "processing", "wait"):
+            assert f'class="badge s-{status}">{status}<' in html
+        assert "3 of ~8, 12 left" in html
+        assert re.search(r'class="count s-processing[^"]*" [^>]*><b>1</b>', html)
+        assert EVIL_ERR not in html and "&lt;script&gt;alert(&#x27;err&#x27;)" in html
+        for task_id in (seeded.completed, seeded.running, seeded.waiting):
+            assert f"/dashboard/tasks/{task_id}" in html
+
+
+async def test_dashboard_filters_groups_and_pages(repo: Repository, db_url: DbUrl) -> None:
+    async with running_producer(producer_settings(db_url)) as client:
+        seeded = await seed(client, repo)
+        html = await (await client.get("/dashboard", params={"status": "wait"})).text()
+        assert seeded.waiting in html and seeded.completed not in html
+        html = await (await client.get("/dashboard", params={"error_id": EVIL_ERR})).text()
+        assert seeded.running in html and seeded.waiting not in html
+        assert 'value="&lt;script&gt;' in html  # the filter box echoes it escaped
+        group = (await (await client.get(f"/api/v1/tasks/{seeded.running}")).json()
+                 )["task"]["group_key"]
+        html = await (await client.get("/dashboard", params={"group": group})).text()
+        assert seeded.running in html and seeded.completed not in html
+        assert f"/dashboard?group={group}" in html
+
+        first = await (await client.get("/dashboard", params={"limit": "2"})).text()
+        older = re.search(r'href="(/dashboard\?[^"]*cursor=[^"]+)">older', first)
+        assert older is not None
+        second = await (await client.get(older.group(1).replace("&amp;", "&"))).text()
+        assert seeded.completed in second and seeded.waiting not in second
+
+        bad = await client.get("/dashboard", params={"status": "<nope>"})
+        assert bad.status == 422
+        assert "status: unknown status" in await bad.text()
+        assert "<nope>" not in await bad.text()
+
+        live = await (await client.get("/dashboard/live", params={"status": "processing"})).json()
+        assert "3 of ~8" in live["parts"]["live-rows"] and live["final"] is False
+        assert seeded.waiting not in live["parts"]["live-rows"]
+
+
+async def test_task_page_shows_range_timeline_result_and_report(repo: Repository,
+                                                                db_url: DbUrl) -> None:
+    async with running_producer(producer_settings(db_url)) as client:
+        seeded = await seed(client, repo)
+        page = await client.get(f"/dashboard/tasks/{seeded.completed}")
+        assert page.status == 200
+        html = await page.text()
+        assert sha("good") in html and sha("bad") in html  # the range
+        timeline = html.split('id=live-timeline>')[1].split("</tbody>")[0]
+        assert timeline.count("<tr>") == 4
+        for label, verdict in (("c1", "good"), ("c2", "skip"), ("c4", "good"), ("c3", "bad")):
+            assert f'title="{sha(label)}">{sha(label)[:12]}' in timeline
+            assert f'class="badge v-{verdict}">{verdict}<' in timeline
+        assert "103" in timeline and "1m 01s" in timeline and "2 (2 bad)" in timeline
+        assert "97.0%" in html and "held" in html and "parent good 2/2" in html
+        assert "lib: drop bar()" in html and "Ann Dev &lt;ann@example.org&gt;" in html
+        assert "data-live" not in html  # completed: no polling
+        assert "Greeting," in html and "bisection log:" in html
+        assert "undefined reference to `bar&#x27; &lt;b&gt;" in html
+
+        running = await (await client.get(f"/dashboard/tasks/{seeded.running}")).text()
+        assert f'data-live="/dashboard/tasks/{seeded.running}/live"' in running
+        assert "3 of ~8, 12 left" in running and "Greeting," not in running
+        assert EVIL_JOB not in running and "&lt;img src=x onerror=alert(1)&gt;" in running
+        assert EVIL_ERR not in running
+
+        missing = await client.get("/dashboard/tasks/999")
+        assert missing.status == 404 and "no task with id 999" in await missing.text()
+
+
+async def test_task_live_fragment_follows_progress(repo: Repository, db_url: DbUrl) -> None:
+    async with running_producer(producer_settings(db_url)) as client:
+        seeded = await seed(client, repo)
+        url = f"/dashboard/tasks/{seeded.running}/live"
+        before = await (await client.get(url)).json()
+        assert before["status"] == "processing" and before["final"] is False
+        assert "3 of ~8" in before["parts"]["live-summary"]
+        await repo.update_progress(int(seeded.running), current_step=4, steps_estimate=8,
+                                   candidates_left=5)
+        await repo.record_step(Step(task_id=int(seeded.running), attempt=1, seq=2,
+                                    commit=sha("e3"), verdict=Verdict.BAD))
+        after = await (await client.get(url)).json()
+        assert "4 of ~8, 5 left" in after["parts"]["live-summary"]
+        assert after["parts"]["live-timeline"].count("<tr>") == 3
+        assert EVIL_JOB not in after["parts"]["live-timeline"]
+        assert (await client.get("/dashboard/tasks/999/live")).status == 404
+
+
+async def test_report_route(repo: Repository, db_url: DbUrl) -> None:
+    async with running_producer(producer_settings(db_url)) as client:
+        seeded = await seed(client, repo)
+        answer = await client.get(f"/api/v1/tasks/{seeded.completed}/report")
+        assert answer.status == 200 and answer.content_type == "text/plain"
+        text = await answer.text()
+        assert "tree:    https://git.example/proj.git" in text
+        assert f'commit:  {sha("c3")} ("lib: drop bar()")' in text
+        assert "author:  Ann Dev <ann@example.org>" in text
+        assert f"error id: {ERR}" in text
+        assert f"log line (job 103):\n    {LOG_LINE}" in text
+        assert f"HEAD status: {sha('head')[:12]} verdict: bad" in text
+        assert f"git bisect start {sha('bad')} {sha('good')}" in text
+        assert f"# skip: [{sha('c2')}] runs 2, job 101, 1m 01s" in text
+        assert f"git bisect bad {sha('c3')}" in text
+        assert f"# first bad commit: [{sha('c3')}] lib: drop bar()" in text
+        assert (f"bisect-run --repo https://git.example/proj.git --bad {sha('bad')} "
+                f"--good {sha('good')} --error-id {ERR}") in text
+        assert "first bad job:  103  result_root /result/103" in text
+        assert "bad job:        42  result_root /result/42" in text
+
+        running = await client.get(f"/api/v1/tasks/{seeded.running}/report")
+        assert running.status == 409
+        assert (await running.json())["error"].endswith("the report is written when it completes")
+        assert (await client.get("/api/v1/tasks/999/report")).status == 404
+        doc = await (await client.get("/api/v1/openapi.json")).json()
+        assert "text/plain" in doc["paths"]["/api/v1/tasks/{id}/report"]["get"]["responses"]["200"][
+            "content"]
+        assert "/dashboard/tasks/{id}" in doc["paths"]
+
+
+def test_report_quotes_the_reproduce_command_for_a_shell() -> None:
+    task = Task(id=7, bad_job_id="9", error_id="x;$(rm_-rf_~)", status=TaskStatus.COMPLETED,
+                git_url="https://git.example/a b", known_bad_commit="abc", bad_commit="abd",
+                first_result_root="/r/1;reboot")
+    text = render_report(task, [])
+    assert "--error-id 'x;$(rm_-rf_~)'" in text and "--repo 'https://git.example/a b'" in text
+    assert "submit '/r/1;reboot/job.yaml' upstream_commit=abd" in text
