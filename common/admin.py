@@ -61,10 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-db", help="report missing tables or columns")
     check.add_argument("--add-missing", action="store_true",
                        help="add missing columns to existing tables")
+    sub.add_parser("demo", help="run the whole pipeline on this machine (see demo --help)",
+                   add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from common.demo import main_demo
+
+        return main_demo(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))

@@ -41,7 +41,8 @@ def new_task_from_job(job: Job, error_id: str, *, tester: str, source: str,
         known_bad_commit=_job_str(job.data, "upstream_commit"),
         good_commit=good_commit,
         timeout=timeout,
-        extra={"bad_result_root": _job_str(job.data, "result_root") or ""},
+        extra={"bad_result_root": _job_str(job.data, "result_root") or "",
+               "branch": _job_str(job.data, "upstream_branch") or ""},
     )
 
 
