@@ -134,6 +134,9 @@ INSERT INTO jobs ({jobs_columns}) VALUES ({jobs_values})
 -- name: job_by_id
 SELECT {jobs_columns} FROM jobs WHERE id = %(id)s ORDER BY id ASC LIMIT 1
 
+-- name: jobs_by_ids
+SELECT {jobs_columns} FROM jobs WHERE id IN %(ids)s ORDER BY id ASC LIMIT 1000
+
 -- name: failed_jobs_after
 SELECT {jobs_columns} FROM jobs WHERE id > %(after)s AND job_stage = 'finish' AND job_health != 'success'
  AND errid != '' ORDER BY id ASC LIMIT %(limit)s

@@ -603,6 +603,14 @@ class Repository:
         row = await self.db.fetch_one(self._q["job_by_id"], {"id": job_id})
         return job_from_row(row) if row else None
 
+    async def jobs_by_ids(self, job_ids: Sequence[int]) -> dict[int, Job]:
+        found: dict[int, Job] = {}
+        for chunk in _chunks(sorted(set(job_ids))):
+            for row in await self.db.fetch(self._q["jobs_by_ids"], {"ids": tuple(chunk)}):
+                job = job_from_row(row)
+                found[job.id] = job
+        return found
+
     async def failed_jobs_after(self, after: int, limit: int) -> list[Job]:
         rows = await self.db.fetch(self._q["failed_jobs_after"],
                                    {"after": after, "limit": min(limit, PAGE_LIMIT)})

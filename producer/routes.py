@@ -16,8 +16,9 @@ from common.repository import TaskFilter
 from producer.errors import WriterConflict
 from producer.http import Access, Handler, error_response, json_response, read_json
 from producer.state import STATE_KEY, ProducerState
-from producer.submission import new_task_from_request
+from producer.submission import new_task_from_request, new_tasks_from_requests
 from producer.validation import (
+    SubmitRequest,
     format_cursor,
     parse_batch,
     parse_consumer_id,
@@ -82,15 +83,22 @@ async def submit_batch(request: web.Request) -> web.Response:
     state = await _writer_state(request)
     items = parse_batch(await read_json(request))
     answers: list[dict[str, Any]] = [{} for _ in items]
-    valid = []
+    parsed: list[tuple[int, SubmitRequest]] = []
     for index, item in enumerate(items):
         try:
-            parsed = parse_submit(item, state.settings.repo_url_allow)
-            new = await new_task_from_request(parsed, state.repo, state.settings.default_tester)
-            valid.append((index, new))
+            parsed.append((index, parse_submit(item, state.settings.repo_url_allow)))
         except ValidationError as exc:
             answers[index] = {"index": index, "status": 422, "field": exc.field,
                               "error": exc.reason}
+    built = await new_tasks_from_requests([request for _, request in parsed], state.repo,
+                                          state.settings.default_tester)
+    valid = []
+    for (index, _), new in zip(parsed, built, strict=True):
+        if isinstance(new, ValidationError):
+            answers[index] = {"index": index, "status": 422, "field": new.field,
+                              "error": new.reason}
+        else:
+            valid.append((index, new))
     results = await state.writer.submit([new for _, new in valid]) if valid else []
     created = 0
     for (index, _), result in zip(valid, results, strict=True):

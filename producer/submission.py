@@ -49,8 +49,36 @@ def new_task_from_job(job: Job, error_id: str, *, tester: str, source: str,
 async def new_task_from_request(request: SubmitRequest, repo: Repository,
                                 default_tester: str) -> NewTask:
     """Fill in the repository and commit from the bad job, unless the request gives them."""
+    number = _job_number(request.bad_job_id)
+    job = await repo.get_job(number) if number is not None else None
+    return new_task_with_job(request, job, default_tester)
+
+
+def _job_number(bad_job_id: str) -> int | None:
+    """compass-ci job ids are positive 63-bit integers; anything else names no job."""
+    if not bad_job_id.isdigit() or len(bad_job_id) > 19:
+        return None
+    number = int(bad_job_id)
+    return number if 0 < number < 2**63 else None
+
+
+async def new_tasks_from_requests(requests: list[SubmitRequest], repo: Repository,
+                                  default_tester: str) -> list[NewTask | ValidationError]:
+    """The batch form: one query for all the jobs; each item a task or its error."""
+    numbers = [_job_number(r.bad_job_id) for r in requests]
+    jobs = await repo.jobs_by_ids([n for n in numbers if n is not None])
+    out: list[NewTask | ValidationError] = []
+    for request, number in zip(requests, numbers, strict=True):
+        job = jobs.get(number) if number is not None else None
+        try:
+            out.append(new_task_with_job(request, job, default_tester))
+        except ValidationError as exc:
+            out.append(exc)
+    return out
+
+
+def new_task_with_job(request: SubmitRequest, job: Job | None, default_tester: str) -> NewTask:
     tester = request.tester or default_tester
-    job = await repo.get_job(int(request.bad_job_id)) if request.bad_job_id.isdigit() else None
     if job is not None:
         task = new_task_from_job(job, request.error_id, tester=tester, source="api",
                                  priority=request.priority, good_commit=request.good_commit,

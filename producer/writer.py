@@ -72,6 +72,8 @@ class TaskStateWriter:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._grace_until_ms = 0
+        # Submissions waiting for the lock; whoever gets it creates them all in one go.
+        self._submit_queue: list[tuple[list[NewTask], asyncio.Future[list[SubmitResult]]]] = []
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -84,9 +86,34 @@ class TaskStateWriter:
     # ------------------------------------------------------------------ submit
     async def submit(self, items: Sequence[NewTask]) -> list[SubmitResult]:
         """Create the tasks that do not exist yet; return each item's task and whether it
-        was created. The same pair twice (in one call or across calls) gives one task."""
+        was created. The same pair twice (in one call or across calls) gives one task.
+
+        Concurrent calls are coalesced: the caller that gets the lock looks up and inserts
+        everything queued so far in one round trip each, so single submits are not bound by
+        one INSERT's commit latency each."""
+        future: asyncio.Future[list[SubmitResult]] = asyncio.get_running_loop().create_future()
+        self._submit_queue.append((list(items), future))
         async with self._lock:
-            return await self._submit_locked(items)
+            if not future.done():
+                queued, self._submit_queue = self._submit_queue, []
+                await self._submit_queued(queued)
+        return await future
+
+    async def _submit_queued(
+            self, queued: list[tuple[list[NewTask], asyncio.Future[list[SubmitResult]]]]
+    ) -> None:
+        try:
+            results = await self._submit_locked([item for items, _ in queued for item in items])
+        except Exception as exc:
+            for _, waiting in queued:
+                if not waiting.done():
+                    waiting.set_exception(exc)
+            return
+        offset = 0
+        for items, waiting in queued:
+            if not waiting.done():
+                waiting.set_result(results[offset:offset + len(items)])
+            offset += len(items)
 
     async def _submit_locked(self, items: Sequence[NewTask]) -> list[SubmitResult]:
         known = await self._repo.tasks_by_ids([ids.task_id(i.bad_job_id, i.error_id)
