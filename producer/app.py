@@ -14,8 +14,8 @@ from common.repository import Repository
 from common.supervise import RetryPolicy, sleep_or_stop
 from producer.discovery import JobDiscovery
 from producer.errors import WriterConflict
-from producer.http import error_middleware, guard, metrics_middleware
 from producer.metrics import ProducerMetrics
+from producer.middleware import error_middleware, guard, metrics_middleware
 from producer.openapi import ROUTE_TABLE_KEY
 from producer.routes import ROUTES, Route
 from producer.settings import ProducerSettings

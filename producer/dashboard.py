@@ -13,7 +13,7 @@ from common.errors import ValidationError
 from common.models import Task, TaskStatus
 from common.repository import TaskFilter
 from producer import templates
-from producer.http import Access, error_response, json_response
+from producer.middleware import Access, error_response, json_response
 from producer.report import render_report, report_unavailable
 from producer.routes import Route
 from producer.state import STATE_KEY, ProducerState

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from producer.http import Access
+from producer.middleware import Access
 
 ROUTE_TABLE_KEY = web.AppKey("route_table", list)
 

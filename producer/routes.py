@@ -14,7 +14,7 @@ from common.errors import ValidationError
 from common.models import Task
 from common.repository import TaskFilter
 from producer.errors import WriterConflict
-from producer.http import Access, Handler, error_response, json_response, read_json
+from producer.middleware import Access, Handler, error_response, json_response, read_json
 from producer.state import STATE_KEY, ProducerState
 from producer.submission import new_task_from_request, new_tasks_from_requests
 from producer.validation import (
