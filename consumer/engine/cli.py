@@ -5,14 +5,20 @@
 The test command runs in a fresh worktree at each commit (cwd = worktree). With
 ``--error-id`` it is bad when its output shows that id, good when it exits 0 without it, and
 skipped on exit 125; without it exit codes decide as in ``git bisect run``.
+
+``--flaky`` uses the Bayesian search (several runs per commit, a culprit probability,
+``--confidence``); ``--known-verdicts FILE`` reuses the verdicts a previous run wrote with
+``--emit-verdicts FILE`` (or the ``verdict`` events of ``--json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +28,9 @@ from consumer.engine.events import JsonLinesEmitter
 from consumer.engine.output import DEFAULT_ERRID_REGEX
 from consumer.engine.session import run_engine
 from consumer.engine.spec import default_cache_dir, parse_spec
+from consumer.engine.testers import tester_fingerprint
+
+_KNOWN_FIELDS = ("commit", "verdict", "runs", "bad_runs", "job_id")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds per test run (a timeout is a skip)")
     parser.add_argument("--max-good-search", type=int, default=1000, metavar="N",
                         help="first-parent commits to step back looking for a good one")
-    parser.add_argument("--run-budget", type=int, default=60, metavar="N")
+    parser.add_argument("--run-budget", "--max-runs", dest="run_budget", type=int, metavar="N",
+                        help="most test runs (default 60; 300 with --flaky)")
     parser.add_argument("--slots", type=int, default=1, metavar="N", help="tests run at once")
+    flaky = parser.add_mutually_exclusive_group()
+    flaky.add_argument("--flaky", dest="flaky", action="store_const", const=True,
+                       help="the test is flaky: Bayesian search, several runs per commit")
+    flaky.add_argument("--no-flaky", dest="flaky", action="store_const", const=False,
+                       help="never switch to the Bayesian search (default: switch when "
+                            "verdicts contradict)")
+    parser.add_argument("--confidence", type=float, default=0.95, metavar="P",
+                        help="flaky search: stop when a commit is the culprit with this "
+                             "probability (default %(default)s)")
+    parser.add_argument("--known-verdicts", type=Path, metavar="FILE",
+                        help="verdicts of an earlier run (JSON lines or a JSON list) to reuse")
+    parser.add_argument("--emit-verdicts", nargs="?", const="-", metavar="FILE",
+                        help="write each new verdict as a JSON line to FILE (default stdout); "
+                             "implied by --json")
+    parser.add_argument("--head-check", metavar="REV",
+                        help="after the culprit is found, test REV (the branch head): "
+                             "regressed or fixed?")
     parser.add_argument("--no-verify", action="store_true", help="skip the boundary check")
     parser.add_argument("--cache-dir", type=Path, metavar="D", help="bare-mirror cache")
     parser.add_argument("--work-dir", type=Path, metavar="D", help="where worktrees go")
@@ -79,28 +106,87 @@ def _local_rev(repo: str, rev: str | None) -> str | None:
 
 
 def spec_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
+    tester = {
+        "kind": "command",
+        "name": "bisect-run",
+        "command": command,
+        "timeout": args.timeout,
+        "errid_regex": args.errid_regex,
+    }
+    limits: dict[str, Any] = {
+        "max_good_search": args.max_good_search,
+        "slots": args.slots,
+        "different_error": args.different_error,
+        "verify": not args.no_verify,
+        "confidence": args.confidence,
+        "flaky": "auto" if args.flaky is None else args.flaky,
+    }
+    if args.run_budget is not None:
+        limits["run_budget"] = args.run_budget
+    if args.head_check:
+        limits["head_check"] = _local_rev(args.repo, args.head_check)
+    known = (read_known_verdicts(args.known_verdicts, tester_fingerprint(tester), args.error_id)
+             if args.known_verdicts else [])
     return {
         "repo_url": args.repo,
         "bad_commit": _local_rev(args.repo, args.bad),
         "good_commit": _local_rev(args.repo, args.good),
         "error_id": args.error_id,
-        "tester": {
-            "kind": "command",
-            "name": "bisect-run",
-            "command": command,
-            "timeout": args.timeout,
-            "errid_regex": args.errid_regex,
-        },
-        "limits": {
-            "max_good_search": args.max_good_search,
-            "run_budget": args.run_budget,
-            "slots": args.slots,
-            "different_error": args.different_error,
-            "verify": not args.no_verify,
-        },
+        "tester": tester,
+        "limits": limits,
+        "known_verdicts": known,
         "cache_dir": str(args.cache_dir or default_cache_dir()),
         "work_dir": str(args.work_dir) if args.work_dir else None,
     }
+
+
+def read_known_verdicts(path: Path, fingerprint: str, error_id: str | None
+                        ) -> list[dict[str, Any]]:
+    """Verdicts from a JSON list or JSON lines (``verdict`` events or plain records).
+
+    Records of another tester fingerprint or error id (when they carry one) are left out:
+    a verdict only means something for the same test and the same error.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValidationError("--known-verdicts", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        stripped = text.strip()
+        items = json.loads(stripped) if stripped.startswith("[") else [
+            json.loads(line) for line in stripped.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise ValidationError("--known-verdicts", f"{path}: not JSON lines or a list: {exc}"
+                              ) from None
+    known: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if not isinstance(item, dict) or item.get("event", "verdict") != "verdict":
+            continue
+        if item.get("tester_fingerprint", fingerprint) != fingerprint:
+            continue
+        if "error_id" in item and item["error_id"] != error_id:
+            continue
+        record = {k: item[k] for k in _KNOWN_FIELDS if item.get(k) is not None}
+        known[str(item.get("commit"))] = record  # the last (cumulative) record of a commit
+    return list(known.values())
+
+
+def _with_verdicts(emit: Callable[[dict[str, Any]], None], target: str
+                   ) -> Callable[[dict[str, Any]], None]:
+    """``emit`` plus every ``verdict`` event as a JSON line to ``target`` (``-``: stdout)."""
+
+    def both(event: dict[str, Any]) -> None:
+        if event["event"] == "verdict":
+            line = json.dumps(event, separators=(",", ":")) + "\n"
+            if target == "-":
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                with open(target, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+        emit(event)
+
+    return both
 
 
 class HumanPrinter:
@@ -129,10 +215,19 @@ class HumanPrinter:
             self._say(f"  subject: {event['subject']}")
             self._say(f"  author:  {event['author']}")
             self._say(f"  date:    {event['date']}")
+            if event.get("strategy") == "bayesian":
+                self._say(f"confidence: {event['confidence']:.3f}")
+                if event.get("runner_up"):
+                    up = event["runner_up"]
+                    self._say(f"  runner-up: {up['commit']} ({up['probability']:.3f})")
             check = event["verification"]
             if check:
                 held = "held" if check["held"] else "FAILED"
                 self._say(f"verification {held}: {check['detail']}")
+            if event.get("head"):
+                head = event["head"]
+                self._say(f"head {head['commit'][:12]}: {head['status']} "
+                          f"({head['runs']} runs)")
         else:
             self._say(f"no single first bad commit ({event['status']}): {event['reason']}")
             for commit in event["candidates"]:
@@ -152,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         build_parser().error(f"{exc.field}: {exc.reason}")
     configure_logging("engine", level=None if args.json else "warning")
-    emit = JsonLinesEmitter(sys.stdout) if args.json else HumanPrinter(sys.stdout)
+    emit: Callable[[dict[str, Any]], None] = (
+        JsonLinesEmitter(sys.stdout) if args.json else HumanPrinter(sys.stdout))
+    if args.emit_verdicts and not (args.json and args.emit_verdicts == "-"):
+        emit = _with_verdicts(emit, args.emit_verdicts)
     result = asyncio.run(run_engine(spec, emit))
     return int(result.exit_code)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,10 @@ class Answer:
     runs: int  # test command runs, the bad-commit check and verification included
 
 
-def git_bisect_run(repo: Path, bad: str, good: str, command: list[str], count_file: Path) -> Answer:
+def git_bisect_run(repo: Path, bad: str, good: str, command: list[str], count_file: Path,
+                   extra_env: Mapping[str, str] | None = None) -> Answer:
     """Run ``git bisect run`` in ``repo``; runs are counted by the test (``SYNTH_COUNT_FILE``)."""
-    env = {**os.environ, "SYNTH_COUNT_FILE": str(count_file), "LC_ALL": "C"}
+    env = {**os.environ, **(extra_env or {}), "SYNTH_COUNT_FILE": str(count_file), "LC_ALL": "C"}
     count_file.unlink(missing_ok=True)
 
     def git(*args: str) -> subprocess.CompletedProcess[str]:

@@ -39,6 +39,21 @@ class TestedCommit:
 
 
 @dataclass(frozen=True)
+class RunnerUp:
+    commit: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class HeadCheck:
+    """The branch head tested after the culprit was found."""
+
+    commit: str
+    status: str  # "regressed" | "fixed" | "unknown"
+    runs: int = 0
+
+
+@dataclass(frozen=True)
 class BisectResult:
     status: Status
     first_bad_commit: str | None = None
@@ -54,6 +69,9 @@ class BisectResult:
     first_bad_job_id: str | None = None
     first_result_root: str | None = None
     good_commits: tuple[str, ...] = field(default=())
+    runner_up: RunnerUp | None = None
+    head: HeadCheck | None = None
+    strategy: str = "deterministic"  # or "bayesian" (flaky tests)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -74,13 +92,14 @@ class BisectResult:
             "tested": [asdict(t) for t in self.tested],
             "verification": asdict(self.verification) if self.verification else None,
             "confidence": self.confidence,
-            "runner_up": None,
+            "runner_up": asdict(self.runner_up) if self.runner_up else None,
             "runs": self.runs,
             "reason": self.reason,
             "first_bad_job_id": self.first_bad_job_id,
             "first_result_root": self.first_result_root,
             "good_commits": list(self.good_commits),
-            "head": None,
+            "head": asdict(self.head) if self.head else None,
+            "strategy": self.strategy,
         }
         return make_event(RESULT, **fields)
 

@@ -20,7 +20,7 @@ from consumer.engine.errors import EngineError
 from consumer.engine.events import Emit
 from consumer.engine.result import BisectResult, error_result
 from consumer.engine.runner import run_task
-from consumer.engine.search import StrategyFactory, deterministic
+from consumer.engine.search import StrategyFactory
 from consumer.engine.spec import TaskSpec
 from consumer.engine.testers import Tester
 
@@ -34,7 +34,7 @@ async def run_engine(
     emit: Emit,
     *,
     tester: Tester | None = None,
-    strategy: StrategyFactory = deterministic,
+    strategy: StrategyFactory | None = None,
     handle_signals: bool = True,
 ) -> BisectResult:
     """Run the bisection and always emit its ``result`` event last; returns the result."""

@@ -6,14 +6,24 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from common.errors import ValidationError
 from consumer.engine.verdicts import DifferentErrorPolicy, Verdict
 
+
+class FlakyMode(StrEnum):
+    """Which search: ``auto`` is deterministic until verdicts contradict, then Bayesian."""
+
+    AUTO = "auto"
+    ON = "on"  # Bayesian from the start
+    OFF = "off"  # deterministic only; contradictions end ambiguous
+
 DEFAULT_MAX_GOOD_SEARCH = 1000
 DEFAULT_RUN_BUDGET = 60
+DEFAULT_FLAKY_RUN_BUDGET = 300  # a flaky test needs several runs per commit
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_SLOTS = 1
 MAX_SLOTS = 64
@@ -37,8 +47,13 @@ class Limits:
     different_error: DifferentErrorPolicy = DifferentErrorPolicy.SKIP
     verify: bool = True
     verify_retest: bool = False  # "verify": "retest" always reruns the boundary
-    head_check: bool = False
+    head_check: bool | str = False  # True: the spec's head_commit; a string: that revision
     retest_flaky: bool = False
+    flaky: FlakyMode = FlakyMode.AUTO
+    flaky_run_budget: int = DEFAULT_FLAKY_RUN_BUDGET  # run_budget when given, else this
+
+    def budget_for(self, bayesian: bool) -> int:
+        return self.flaky_run_budget if bayesian else self.run_budget
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,17 @@ class TaskSpec:
     work_dir: Path | None = None
     task_id: int | None = None
     bad_job_id: str | None = None  # the CI job that showed the error (remote testers rerun it)
+    head_commit: str | None = None  # the branch head, for limits.head_check = true
+    db_url: str | None = None  # the jobs table's database (compass tester)
+    scheduler_url: str | None = None  # compass-ci's scheduler (compass tester)
+
+    @property
+    def head_revision(self) -> str | None:
+        """The revision the head check tests, or None when there is no head check."""
+        check = self.limits.head_check
+        if isinstance(check, str):
+            return check
+        return self.head_commit if check else None
 
     @property
     def resolved_work_dir(self) -> Path:
@@ -89,18 +115,25 @@ def parse_spec(data: Any) -> TaskSpec:
         raise ValidationError("task_id", "must be an integer")
     work_dir = _opt_str(data, "work_dir")
     cache_dir = _opt_str(data, "cache_dir")
+    limits = _limits(data.get("limits") or {})
+    head_commit = _opt_str(data, "head_commit")
+    if limits.head_check is True and head_commit is None:
+        raise ValidationError("head_commit", "is required when limits.head_check is true")
     return TaskSpec(
         repo_url=_str(data, "repo_url"),
         bad_commit=_str(data, "bad_commit"),
         good_commit=_opt_str(data, "good_commit"),
         error_id=_opt_str(data, "error_id"),
         tester=tester,
-        limits=_limits(data.get("limits") or {}),
+        limits=limits,
         known_verdicts=_known(data.get("known_verdicts") or []),
         cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
         work_dir=Path(work_dir) if work_dir else None,
         task_id=task_id,
         bad_job_id=str(data["bad_job_id"]) if data.get("bad_job_id") is not None else None,
+        head_commit=head_commit,
+        db_url=_opt_str(data, "db_url"),
+        scheduler_url=_opt_str(data, "scheduler_url"),
     )
 
 
@@ -144,16 +177,35 @@ def _limits(data: Any) -> Limits:
     verify = data.get("verify", True)
     if verify not in (True, False, "retest"):
         raise ValidationError("limits.verify", 'must be true, false or "retest"')
+    head_check = data.get("head_check", False)
+    if isinstance(head_check, str):
+        head_check = head_check.strip() or False
+    elif head_check is None:
+        head_check = False
+    elif not isinstance(head_check, bool):
+        raise ValidationError("limits.head_check", "must be true, false or a revision")
+    flaky_raw = data.get("flaky", "auto")
+    if flaky_raw is True or flaky_raw is False or flaky_raw is None:
+        flaky = {True: FlakyMode.ON, False: FlakyMode.OFF, None: FlakyMode.AUTO}[flaky_raw]
+    else:
+        try:
+            flaky = FlakyMode(str(flaky_raw))
+        except ValueError as exc:
+            raise ValidationError("limits.flaky", 'must be true, false or "auto"') from exc
+    run_budget = _int(data, "run_budget", DEFAULT_RUN_BUDGET, 1)
+    given = data.get("run_budget") is not None
     return Limits(
         max_good_search=_int(data, "max_good_search", DEFAULT_MAX_GOOD_SEARCH, 1),
-        run_budget=_int(data, "run_budget", DEFAULT_RUN_BUDGET, 1),
+        run_budget=run_budget,
         confidence=float(confidence),
         slots=_int(data, "slots", DEFAULT_SLOTS, 1, MAX_SLOTS),
         different_error=different,
         verify=bool(verify),
         verify_retest=verify == "retest",
-        head_check=bool(data.get("head_check", False)),
+        head_check=head_check,
         retest_flaky=bool(data.get("retest_flaky", False)),
+        flaky=flaky,
+        flaky_run_budget=run_budget if given else DEFAULT_FLAKY_RUN_BUDGET,
     )
 
 

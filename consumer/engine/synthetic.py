@@ -7,6 +7,13 @@ bad prints ``ERRID: <error_id>`` and exits 1, other prints ``ERRID: E_OTHER`` an
 skip exits 125, good exits 0. ``SYNTH_SLEEP`` makes it sleep first and ``SYNTH_COUNT_FILE``
 gets one line per run (to count runs of any bisection tool). Built with ``git fast-import``,
 so a thousand commits take well under a second.
+
+A *flaky* repository (``flaky_p``) has a ``check.sh`` that shows the error on a bad commit
+only with probability ``flaky_p`` (else it passes), and an unrelated error (``E_OTHER``,
+exit 1) on a fraction ``other_rate`` of all runs. Its random numbers come from ``awk``
+seeded with ``SYNTH_SEED`` and the run number (the line count of ``SYNTH_COUNT_FILE``), so
+a sequence of runs is reproducible, and any tool (``git bisect run`` too) sees the same
+behaviour through the same script; without ``SYNTH_SEED`` they come from /dev/urandom.
 """
 
 from __future__ import annotations
@@ -29,6 +36,28 @@ state=$(cat state.txt 2>/dev/null)
 case "$state" in
   bad) echo "ERRID: {error_id}"; exit 1 ;;
   other) echo "ERRID: {other_id}"; exit 1 ;;
+  skip) echo "cannot build this commit"; exit 125 ;;
+  *) echo "ok"; exit 0 ;;
+esac
+"""
+
+FLAKY_CHECK_SH = """#!/bin/sh
+# Synthetic flaky regression test: bad commits show the error with probability {p}, and an
+# unrelated error shows on a fraction {other} of all runs.
+n=0
+if [ -n "$SYNTH_COUNT_FILE" ]; then
+  echo run >> "$SYNTH_COUNT_FILE"; n=$(wc -l < "$SYNTH_COUNT_FILE")
+fi
+if [ -n "$SYNTH_SLEEP" ]; then sleep "$SYNTH_SLEEP"; fi
+if [ -n "$SYNTH_SEED" ]; then seed=$((SYNTH_SEED * 100003 + n));
+else seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); fi
+set -- $(awk -v s="$seed" 'BEGIN {{ srand(s); print rand(), rand() }}')
+other=$(awk -v u="$1" 'BEGIN {{ print (u < {other}) ? 1 : 0 }}')
+shows=$(awk -v u="$2" 'BEGIN {{ print (u < {p}) ? 1 : 0 }}')
+state=$(cat state.txt 2>/dev/null)
+if [ "$other" = 1 ]; then echo "ERRID: {other_id}"; exit 1; fi
+case "$state" in
+  bad) if [ "$shows" = 1 ]; then echo "ERRID: {error_id}"; exit 1; fi; echo "ok"; exit 0 ;;
   skip) echo "cannot build this commit"; exit 125 ;;
   *) echo "ok"; exit 0 ;;
 esac
@@ -107,8 +136,14 @@ def make_repo(
     other_range: Sequence[int] | range = (),
     error_id: str = DEFAULT_ERROR_ID,
     seed: int = 0,
+    flaky_p: float | None = None,
+    other_rate: float = 0.0,
 ) -> SyntheticRepo:
-    """Create a non-bare repository at ``path`` (``main`` checked out at the last commit)."""
+    """Create a non-bare repository at ``path`` (``main`` checked out at the last commit).
+
+    ``flaky_p``: the test shows the error on a bad commit with this probability only, and
+    an unrelated error on a fraction ``other_rate`` of all runs (see the module docstring).
+    """
     if not 0 <= bad_index < n_commits:
         raise ValueError("bad_index must be a commit index")
     parents = plan_history(n_commits, merges, seed)
@@ -116,7 +151,12 @@ def make_repo(
     path.mkdir(parents=True, exist_ok=True)
     _git(path, "init", "--quiet", "--initial-branch=main")
     marks = path / ".git" / "synthetic-marks"
-    stream = _fast_import_stream(parents, states, error_id)
+    if flaky_p is None:
+        check = CHECK_SH.format(error_id=error_id, other_id=OTHER_ERROR_ID)
+    else:
+        check = FLAKY_CHECK_SH.format(error_id=error_id, other_id=OTHER_ERROR_ID,
+                                      p=float(flaky_p), other=float(other_rate))
+    stream = _fast_import_stream(parents, states, check.encode())
     _git(path, "fast-import", "--quiet", f"--export-marks={marks}", stdin=stream)
     by_mark = dict(line.split() for line in marks.read_text().splitlines())
     marks.unlink()
@@ -146,9 +186,8 @@ def _states(
 
 
 def _fast_import_stream(
-    parents: Sequence[tuple[int, ...]], states: Sequence[str], error_id: str
+    parents: Sequence[tuple[int, ...]], states: Sequence[str], check: bytes
 ) -> bytes:
-    check = CHECK_SH.format(error_id=error_id, other_id=OTHER_ERROR_ID).encode()
     out: list[bytes] = []
     for i, ps in enumerate(parents):
         stamp = f"{_EPOCH + 60 * i} +0000"

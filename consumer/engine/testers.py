@@ -16,18 +16,26 @@ from typing import Any, Protocol
 from common.errors import ValidationError
 from consumer.engine.verdicts import DifferentErrorPolicy, Outcome
 
-# Fields that name or bound a profile without changing what a verdict means.
-_NOT_FINGERPRINTED = frozenset({"name", "timeout"})
+# Fields that name or bound a profile without changing what a verdict means (and secrets,
+# which must not even be hashed into a stored key).
+_NOT_FINGERPRINTED = frozenset(
+    {"name", "timeout", "my_account", "my_token", "poll_interval", "scheduler_url"}
+)
 
 
 @dataclass(frozen=True)
 class TesterContext:
     """What every tester needs to know about the task besides its own profile."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     error_id: str | None
     different_error: DifferentErrorPolicy = DifferentErrorPolicy.SKIP
     task_id: int | None = None
     bad_job_id: str | None = None
+    db_url: str | None = None  # the jobs table (compass tester)
+    scheduler_url: str | None = None  # compass-ci's scheduler (compass tester)
+    repo_url: str | None = None
 
 
 class Tester(Protocol):
@@ -74,6 +82,10 @@ def tester_fingerprint(profile: Mapping[str, Any]) -> str:
 
 def _load_builtin() -> None:
     if "command" not in _REGISTRY:
-        from consumer.engine import command_tester  # registers itself
+        from consumer.engine import command_tester
 
         register_tester("command", command_tester.CommandTester.from_profile)
+    if "compass" not in _REGISTRY:
+        from consumer.engine import compass_tester
+
+        register_tester("compass", compass_tester.CompassTester.from_profile)

@@ -42,6 +42,7 @@ class Outcome:
     job_id: str | None = None
     result_root: str | None = None
     detail: str = ""
+    reused: bool = False  # the tester reused an existing result (a finished CI job): no new run
 
     @classmethod
     def of(cls, verdict: Verdict, *, runs: int = 1, detail: str = "") -> Outcome:

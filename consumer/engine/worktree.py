@@ -73,6 +73,13 @@ class WorktreePool:
             return worktree
         return await self._free.get()
 
+    async def prepare(self) -> None:
+        """Make all ``size`` worktrees now, so that parallel tests start together."""
+        while len(self._all) < self.size:
+            worktree = await self._create()
+            self._all.append(worktree)
+            self._free.put_nowait(worktree)
+
     def release(self, worktree: Worktree) -> None:
         self._free.put_nowait(worktree)
 
