@@ -62,12 +62,6 @@ async def _seed(db_url: DbUrl, repo_path: Path, head: str, job_id: int) -> None:
         await db.close()
 
 
-def _url_of(db_url: DbUrl) -> str:
-    auth = db_url.user + (f":{db_url.password}" if db_url.password else "")
-    path = f"/{db_url.database}" if db_url.database else ""
-    return f"{db_url.dialect.value}://{auth}@{db_url.host}:{db_url.port}{path}"
-
-
 def _wait_for_task(base: str, job_id: int, deadline: float) -> dict[str, Any] | None:
     last_status = ""
     while time.monotonic() < deadline:
@@ -112,7 +106,7 @@ def run_demo(options: DemoOptions) -> int:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         api_token, consumer_token = secrets.token_hex(16), secrets.token_hex(16)
-        common_env = {"BISECT_DB_URL": _url_of(db_url), "BISECT_LOG_LEVEL": "info"}
+        common_env = {"BISECT_DB_URL": db_url.to_url(), "BISECT_LOG_LEVEL": "info"}
         producer = ServiceProcess("producer", "producer.main", {
             **common_env, "BISECT_PORT": str(port), "BISECT_HOST": "127.0.0.1",
             "BISECT_API_TOKENS": api_token, "BISECT_CONSUMER_TOKENS": consumer_token,

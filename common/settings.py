@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from common.errors import ConfigError
 
@@ -75,6 +75,13 @@ class DbUrl:
         auth = f"{self.user}@" if self.user else ""
         path = f"/{self.database}" if self.database else ""
         return f"{self.dialect.value}://{auth}{self.host}:{self.port}{path}"
+
+    def to_url(self) -> str:
+        """The URL as ``BISECT_DB_URL`` spells it, password included (for child processes)."""
+        auth = quote(self.user, safe="") + (f":{quote(self.password, safe='')}"
+                                            if self.password else "")
+        path = f"/{quote(self.database, safe='')}" if self.database else ""
+        return f"{self.dialect.value}://{auth}@{self.host}:{self.port}{path}"
 
     def with_database(self, database: str) -> DbUrl:
         return DbUrl(self.dialect, self.host, self.port, self.user, self.password, database)

@@ -103,6 +103,7 @@ class ClaimedTask:
 class ClaimAnswer:
     tasks: list[ClaimedTask]
     lease_seconds: float
+    long_poll: bool = False  # the producer waited for work before answering empty
 
 
 @dataclass(frozen=True)
@@ -188,16 +189,20 @@ class ProducerClient:
                         delay_s=round(delay, 2))
             await asyncio.sleep(delay)
 
-    async def claim(self, slots: int, testers: list[str]) -> ClaimAnswer:
-        """Ask for at most ``slots`` tasks this consumer's testers can run."""
-        _, data = await self._post(CLAIM_PATH, {"consumer_id": self.consumer_id,
-                                                "slots": slots, "testers": testers},
-                                   safe_retry=False)
+    async def claim(self, slots: int, testers: list[str], wait_s: float = 0.0) -> ClaimAnswer:
+        """Ask for at most ``slots`` tasks this consumer's testers can run; with ``wait_s``
+        the producer holds the request up to that long when nothing is waiting."""
+        body: dict[str, Any] = {"consumer_id": self.consumer_id, "slots": slots,
+                                "testers": testers}
+        if wait_s > 0:
+            body["wait_s"] = round(wait_s, 3)
+        _, data = await self._post(CLAIM_PATH, body, safe_retry=False)
         raw = data.get("tasks") or []
         if not isinstance(raw, list):
             raise ProducerProtocolError("claim: tasks is not a list")
         return ClaimAnswer([ClaimedTask.from_json(item) for item in raw],
-                           _lease(data, self._default_lease))
+                           _lease(data, self._default_lease),
+                           long_poll=wait_s > 0 and data.get("long_poll") is True)
 
     async def heartbeat(self, task_ids: list[int]) -> HeartbeatAnswer:
         """Renew the leases of ``task_ids``; the answer lists tasks to stop at once."""

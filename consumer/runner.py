@@ -38,6 +38,7 @@ PIPE_DRAIN_S = 5.0  # after the engine exits, how long its pipes may stay open
 MAX_LIST_ITEMS = 100
 
 STOP_SHUTDOWN = "shutdown"  # the consumer is stopping: release the task
+STOP_CANCELLED = "cancelled"  # the producer says the task was cancelled
 
 
 class SpecError(BisectError):
@@ -72,8 +73,12 @@ def build_spec(task: ClaimedTask, profile: TesterProfile, *, settings: ConsumerS
         "work_dir": work_dir,
     }
     if profile.kind == "compass":
-        # A compass tester reruns the bad job at other commits: it needs to know which job.
+        # A compass tester reruns the bad job at other commits: it needs to know which job,
+        # where to submit and where the jobs table is. Account and token reach the engine
+        # through its inherited environment (BISECT_COMPASS_ACCOUNT/_TOKEN), never the spec.
         spec["bad_job_id"] = task.bad_job_id
+        spec["db_url"] = settings.db_url.to_url()
+        spec["scheduler_url"] = settings.scheduler_url
     return spec
 
 
@@ -142,9 +147,15 @@ def completed_result(result: dict[str, Any], work_dir: str) -> dict[str, Any]:
 
 def decide(run: RunResult, *, work_dir: str, timeout_action: TimeoutAction) -> Finish:
     """The producer-facing outcome of a run."""
+    if run.stop_reason == STOP_CANCELLED:
+        # Reported at once so the producer marks it cancelled now, not when the lease ends.
+        return Finish(Outcome.RELEASED, STOP_CANCELLED)
     if run.stop_reason is not None and run.stop_reason != STOP_SHUTDOWN:
         return Finish(None, run.stop_reason)
-    if run.result is not None:
+    # An engine we terminated (shutdown, timeout) still writes a result: status "error",
+    # "terminated by SIGTERM". That is our doing, not the task's: release or time out below.
+    killed = run.timed_out or run.stop_reason == STOP_SHUTDOWN
+    if run.result is not None and not (killed and run.result.get("status") == "error"):
         if run.result.get("status") == "found":
             return Finish(Outcome.COMPLETED, "", completed_result(run.result, work_dir))
         keep = {k: _cap(run.result[k]) for k in ("candidates", "runs", "tested", "runner_up")

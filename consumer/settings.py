@@ -71,6 +71,8 @@ class ConsumerSettings:
     drain: bool = False
     engine_command: tuple[str, ...] = DEFAULT_ENGINE_COMMAND
     testers: Mapping[str, TesterProfile] = field(default_factory=dict)
+    # compass-ci's scheduler, for the `compass` tester (empty: compass tasks cannot run here).
+    scheduler_url: str = ""
 
     @property
     def tester_names(self) -> list[str]:
@@ -110,7 +112,12 @@ class ConsumerSettings:
                 raise ConfigError(f"BISECT_ENGINE_COMMAND: {exc}") from None
             if not engine_command:
                 raise ConfigError("BISECT_ENGINE_COMMAND: empty command")
+        scheduler_url = env.get_str("BISECT_SCHEDULER_URL", "").rstrip("/")
+        if scheduler_url and urlsplit(scheduler_url).scheme not in ("http", "https"):
+            raise ConfigError(f"BISECT_SCHEDULER_URL: expected http(s)://host[:port], "
+                              f"got {scheduler_url!r}")
         return cls(
+            scheduler_url=scheduler_url,
             db_url=env.db_url(),
             producer_url=producer_url,
             token=env.get_str("BISECT_CONSUMER_TOKEN", ""),

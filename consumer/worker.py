@@ -181,7 +181,7 @@ class Worker:
                 return
             self.metrics.claim_requests.inc()
             try:
-                answer = await self.client.claim(held, self._testers)
+                answer = await self.client.claim(held, self._testers, self._claim_wait_s())
             except (ProducerError, OSError) as exc:
                 self._release_slots(held)
                 failures += 1
@@ -217,9 +217,20 @@ class Worker:
                 self.log.info("drain_complete")
                 self.stop_event.set()
                 return
+            if answer.long_poll:
+                # The producer already waited for work; ask again at once.
+                idle_s = self.settings.poll_min_s
+                continue
             if await sleep_or_stop(self.stop_event, idle_s):
                 return
             idle_s = min(self.settings.poll_max_s, idle_s * 2)
+
+    def _claim_wait_s(self) -> float:
+        """How long the producer may hold an empty claim: the idle poll ceiling, within the
+        request timeout; none in drain mode, which must see "nothing waiting" at once."""
+        if self.settings.drain:
+            return 0.0
+        return max(0.0, min(self.settings.poll_max_s, self.settings.producer_timeout_s - 2.0))
 
     async def _release_unstarted(self, task: ClaimedTask, reason: str) -> None:
         try:

@@ -94,6 +94,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     state.stop.set()
     state.writer_ready.clear()
+    state.writer.close()
     await state.supervisor.stop(SHUTDOWN_WAIT_S)
     try:
         # Let a successor take over at once; shielded so a second signal cannot cut it.
@@ -117,4 +118,12 @@ def create_app(settings: ProducerSettings) -> web.Application:
     for route in table:
         app.router.add_route(route.method, route.path, guard(route.access, route.handler))
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_end_long_polls)
     return app
+
+
+async def _end_long_polls(app: web.Application) -> None:
+    """Long-polling claims answer at once when the producer stops."""
+    state = app[STATE_KEY]
+    state.stop.set()
+    state.writer.close()

@@ -59,7 +59,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Deleted": {"type": "object", "properties": {"deleted": _INT}},
     "Claim": {"type": "object", "required": ["consumer_id", "slots", "testers"], "properties": {
         "consumer_id": _STR, "slots": {"type": "integer", "minimum": 0, "maximum": 1000},
-        "testers": {"type": "array", "items": _STR, "minItems": 1}}},
+        "testers": {"type": "array", "items": _STR, "minItems": 1},
+        "wait_s": {"type": "number", "minimum": 0, "maximum": 30,
+                   "description": "long poll: wait this long for a task when none waits"}}},
     "ClaimResult": {"type": "object", "properties": {
         "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
         "lease_seconds": _INT}},

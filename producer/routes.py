@@ -45,6 +45,9 @@ class Route:
     responses: dict[int, str] = field(default_factory=dict)
 
 
+MAX_CLAIM_WAIT_S = 30
+
+
 def _state(request: web.Request) -> ProducerState:
     return request.app[STATE_KEY]
 
@@ -185,11 +188,20 @@ async def consumer_claim(request: web.Request) -> web.Response:
     if isinstance(slots, bool) or not isinstance(slots, int) or not 0 <= slots <= 1000:
         raise ValidationError("slots", "must be an integer from 0 to 1000")
     testers = parse_testers(body.get("testers"))
-    tasks = await state.writer.claim(consumer_id, slots, testers)
+    wait_s = body.get("wait_s", 0)
+    if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not (
+            0 <= wait_s <= MAX_CLAIM_WAIT_S):
+        raise ValidationError("wait_s", f"must be a number of seconds from 0 to "
+                                        f"{MAX_CLAIM_WAIT_S}")
+    if wait_s > 0 and not state.stop.is_set():
+        tasks = await state.writer.claim_waiting(consumer_id, slots, testers, float(wait_s))
+    else:
+        tasks = await state.writer.claim(consumer_id, slots, testers)
     state.metrics.claims.inc(len(tasks))
     return json_response({
         "tasks": [{**task_json(t), "claim": t.claims} for t in tasks],
         "lease_seconds": state.writer.lease_s,
+        "long_poll": True,
     })
 
 

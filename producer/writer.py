@@ -72,6 +72,9 @@ class TaskStateWriter:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._grace_until_ms = 0
+        # Consumers long-polling for work; woken whenever a task becomes claimable.
+        self._work_waiters: list[asyncio.Future[None]] = []
+        self._closing = False
         # Submissions waiting for the lock; whoever gets it creates them all in one go.
         self._submit_queue: list[tuple[list[NewTask], asyncio.Future[list[SubmitResult]]]] = []
 
@@ -82,6 +85,18 @@ class TaskStateWriter:
         """Called when this process becomes the writer: consumers that could not reach the
         previous producer keep their leases for one full period before the sweeper looks."""
         self._grace_until_ms = self._now_ms() + self._lease_ms
+
+    def close(self) -> None:
+        """The producer is stopping: end every long poll now and start no new one."""
+        self._closing = True
+        self.wake_claimers()
+
+    def wake_claimers(self) -> None:
+        """Wake every long-polling claim: a task may have become claimable (or we stop)."""
+        waiters, self._work_waiters = self._work_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # ------------------------------------------------------------------ submit
     async def submit(self, items: Sequence[NewTask]) -> list[SubmitResult]:
@@ -109,6 +124,8 @@ class TaskStateWriter:
                 if not waiting.done():
                     waiting.set_exception(exc)
             return
+        if any(result.created for result in results):
+            self.wake_claimers()
         offset = 0
         for items, waiting in queued:
             if not waiting.done():
@@ -206,6 +223,7 @@ class TaskStateWriter:
                                            retry_count=task.retry_count + 1,
                                            last_error=task.last_error)
             log.info("task_retried", task_id=task_id)
+            self.wake_claimers()
             return await self._require(task_id)
 
     async def cancel(self, task_id: int, reason: str = "cancelled by user") -> Task:
@@ -248,6 +266,28 @@ class TaskStateWriter:
                 log.info("task_claimed", task_id=task.id, consumer_id=consumer_id,
                          claim=task.claims + 1)
             return claimed
+
+    async def claim_waiting(self, consumer_id: str, slots: int, testers: Sequence[str],
+                            wait_s: float) -> list[Task]:
+        """Like :meth:`claim`, but when nothing is waiting, wait up to ``wait_s`` for a task
+        to become claimable (long poll): consumers start work at once without polling."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            # Register before looking, so a submit between the look and the wait is not missed.
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._work_waiters.append(waiter)
+            try:
+                tasks = await self.claim(consumer_id, slots, testers)
+                remaining = deadline - loop.time()
+                if tasks or remaining <= 0 or self._closing:
+                    return tasks
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return []
+            finally:
+                if waiter in self._work_waiters:
+                    self._work_waiters.remove(waiter)
 
     async def heartbeat(self, consumer_id: str, task_ids: Sequence[int]) -> HeartbeatAnswer:
         async with self._lock:
@@ -298,6 +338,7 @@ class TaskStateWriter:
                 await self._repo.mark_requeued(task_id, attempts=task.attempts,
                                                retry_count=task.retry_count,
                                                last_error=f"released: {reason or 'shutdown'}")
+                self.wake_claimers()
             log.info("task_finished", task_id=task_id, consumer_id=consumer_id,
                      outcome=outcome.value)
             return await self._require(task_id)

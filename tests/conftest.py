@@ -18,7 +18,7 @@ import pytest
 from common.db import Database
 from common.repository import Repository
 from common.schema import TABLES
-from common.settings import DbUrl, Dialect
+from common.settings import DbUrl
 
 MYSQL_BASE = os.environ.get("BISECT_TEST_DB_URL", "mysql://root@127.0.0.1:3306/mysql")
 MANTICORE_URL = os.environ.get("BISECT_TEST_MANTICORE_URL", "")
@@ -88,6 +88,4 @@ async def repo(db_url: DbUrl) -> AsyncIterator[Repository]:
 
 def url_string(url: DbUrl) -> str:
     """The URL as ``BISECT_DB_URL`` spells it, for services started as processes."""
-    auth = url.user + (f":{url.password}" if url.password else "")
-    path = f"/{url.database}" if url.dialect is Dialect.MYSQL else ""
-    return f"{url.dialect.value}://{auth}@{url.host}:{url.port}{path}"
+    return url.to_url()

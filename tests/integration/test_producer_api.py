@@ -326,3 +326,25 @@ async def test_database_down_gives_503_not_a_trace(db_url: DbUrl) -> None:
         assert (await client.get("/healthz")).status == 200
     finally:
         await client.close()
+
+
+async def test_claim_long_poll_wakes_on_submit(repo: Repository, db_url: DbUrl) -> None:
+    async with running_producer(producer_settings(db_url)) as client:
+        claim = {"consumer_id": "c1", "slots": 1, "testers": ["demo"], "wait_s": 10}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pending = asyncio.ensure_future(client.post("/api/v1/internal/claim", json=claim,
+                                                    headers=CONSUMER))
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        task_id = await _submit(client)
+        answer = await (await pending).json()
+        assert [t["id"] for t in answer["tasks"]] == [task_id]
+        assert answer["long_poll"] is True
+        assert loop.time() - started < 5
+        empty = await client.post("/api/v1/internal/claim", headers=CONSUMER,
+                                  json={**claim, "wait_s": 0.3})
+        assert (await empty.json())["tasks"] == []
+        bad = await client.post("/api/v1/internal/claim", headers=CONSUMER,
+                                json={**claim, "wait_s": 99})
+        assert bad.status == 422 and (await bad.json())["field"] == "wait_s"

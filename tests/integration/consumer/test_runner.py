@@ -107,15 +107,19 @@ async def test_timeout_kills_the_process_group(repo: Repository, tmp_path: Path)
     assert [s.commit for s in await repo.steps_of_task(TASK_ID)] == ["c9"]
 
 
-async def test_stop_kills_at_once_and_is_not_reported(repo: Repository,
-                                                      tmp_path: Path) -> None:
+@pytest.mark.parametrize(("reason", "finish"), [
+    ("cancelled", (Outcome.RELEASED, "cancelled")),  # reported: the producer cancels it now
+    ("lease_lost", (None, "lease_lost")),  # not reported: the task belongs to another now
+])
+async def test_stop_kills_at_once(repo: Repository, tmp_path: Path, reason: str,
+                                  finish: tuple[Outcome | None, str]) -> None:
     run, _ = make_run(repo, tmp_path, mode="hang")
     job = asyncio.create_task(run.run())
     assert await wait_until(lambda: run.pid is not None, 10)
     await asyncio.sleep(0.3)
-    run.stop("cancelled")
+    run.stop(reason)
     result = await asyncio.wait_for(job, 5)
-    assert finish_of(result) == (None, "cancelled")
+    assert finish_of(result) == finish
     assert run.pid is not None and not pid_alive(run.pid)
 
 

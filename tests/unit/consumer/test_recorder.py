@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
 import pytest
@@ -171,7 +172,13 @@ def test_decide_found() -> None:
     (RunResult(None, -15, timed_out=True), Outcome.FAILED, "timeout"),
     (RunResult(None, -15, stop_reason=STOP_SHUTDOWN), Outcome.RELEASED,
      "consumer shutting down"),
-    (RunResult(FOUND, -15, stop_reason="cancelled"), None, "cancelled"),
+    (RunResult(FOUND, -15, stop_reason="cancelled"), Outcome.RELEASED, "cancelled"),
+    (RunResult(None, -15, stop_reason="lease_lost"), None, "lease_lost"),
+    # The engine answers SIGTERM with an "error" result; that is our doing, not the task's.
+    (RunResult({"status": "error", "reason": "terminated by SIGTERM"}, 2, timed_out=True),
+     Outcome.FAILED, "timeout"),
+    (RunResult({"status": "error", "reason": "terminated by SIGTERM"}, 2,
+               stop_reason=STOP_SHUTDOWN), Outcome.RELEASED, "consumer shutting down"),
     (RunResult(FOUND, 0, stop_reason=STOP_SHUTDOWN), Outcome.COMPLETED, ""),
 ])
 def test_decide(run: RunResult, outcome: Outcome | None, reason: str) -> None:
@@ -204,3 +211,17 @@ def test_build_spec() -> None:
     with pytest.raises(SpecError, match="git_url"):
         build_spec(ClaimedTask(id=1, claim=1, bad_job_id="j", error_id="e"), profile,
                    settings=settings, known_verdicts=[], work_dir="/w")
+
+
+def test_build_spec_for_a_compass_task_carries_database_and_scheduler() -> None:
+    settings = ConsumerSettings.from_env({
+        "BISECT_DB_URL": "mysql://u:p%40ss@db:3306/bisect",
+        "BISECT_SCHEDULER_URL": "http://scheduler:3000/"})
+    task = ClaimedTask(id=7, claim=1, bad_job_id="123", error_id="e.1", git_url="https://g/x",
+                       known_bad_commit="bad", tester="compass")
+    profile = settings.testers["compass"]
+    spec = build_spec(task, profile, settings=settings, known_verdicts=[], work_dir="/w")
+    assert spec["bad_job_id"] == "123"
+    assert spec["scheduler_url"] == "http://scheduler:3000"
+    assert spec["db_url"] == "mysql://u:p%40ss@db:3306/bisect"
+    assert "token" not in json.dumps(spec).lower()
