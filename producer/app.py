@@ -71,6 +71,8 @@ async def _keep_writer(state: ProducerState, guard_: WriterGuard) -> None:
             failures = 0
         except DatabaseUnavailable as exc:
             failures += 1
+            # Consumers cannot renew leases while the database is away either.
+            state.writer.grant_grace()
             log.warning("writer_heartbeat_failed", error=str(exc), failures=failures)
         except WriterConflict:
             state.writer_ready.clear()
@@ -83,6 +85,9 @@ async def _sweep_leases(state: ProducerState) -> None:
             report = await state.writer.sweep()
             state.metrics.lease_expired.inc(len(report.requeued) + len(report.failed))
         except DatabaseUnavailable as exc:
+            # Heartbeats failed too while the database was away: every lease gets one full
+            # period after it is back, as after a producer restart, before any is expired.
+            state.writer.grant_grace()
             log.warning("lease_sweep_failed", error=str(exc))
 
 

@@ -20,6 +20,7 @@ import pymysql
 import structlog
 
 from common import ids
+from common.errors import DatabaseUnavailable
 from common.models import NewTask, Task, TaskStatus
 from common.repository import Repository, new_task_row, task_from_row
 from producer.errors import InvalidTransition, NotOwner, ProducerError, TaskNotFound
@@ -84,7 +85,12 @@ class TaskStateWriter:
     def start(self) -> None:
         """Called when this process becomes the writer: consumers that could not reach the
         previous producer keep their leases for one full period before the sweeper looks."""
-        self._grace_until_ms = self._now_ms() + self._lease_ms
+        self.grant_grace()
+
+    def grant_grace(self) -> None:
+        """No lease expires before one full period from now: after a (re)start, or while
+        the database is unreachable and heartbeats cannot be recorded."""
+        self._grace_until_ms = max(self._grace_until_ms, self._now_ms() + self._lease_ms)
 
     def close(self) -> None:
         """The producer is stopping: end every long poll now and start no new one."""
@@ -291,7 +297,11 @@ class TaskStateWriter:
 
     async def heartbeat(self, consumer_id: str, task_ids: Sequence[int]) -> HeartbeatAnswer:
         async with self._lock:
-            tasks = await self._repo.tasks_by_ids(task_ids)
+            try:
+                tasks = await self._repo.tasks_by_ids(task_ids)
+            except DatabaseUnavailable:
+                self.grant_grace()
+                raise
             renewed: list[int] = []
             stop: list[tuple[int, StopReason]] = []
             lease = self._now_ms() + self._lease_ms

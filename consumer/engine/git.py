@@ -136,7 +136,12 @@ class MirrorCache:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(mirror, ignore_errors=True)
         mirror.parent.mkdir(parents=True, exist_ok=True)
-        await run_git("clone", "--mirror", "--quiet", url, str(partial))
+        try:
+            await run_git("clone", "--mirror", "--quiet", url, str(partial))
+        except BaseException:
+            # A failed or killed clone must not keep its space on a small cache disk.
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         partial.rename(mirror)
 
 

@@ -10,6 +10,7 @@ dead process (SIGKILL): the next bisection of the repository removes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -106,17 +107,19 @@ class WorktreePool:
         return Worktree(path=path, lock_fd=fd)
 
     async def close(self) -> None:
-        """Remove every worktree of the pool; safe to call twice."""
+        """Remove every worktree of the pool, then its folder when empty; safe to call
+        twice."""
         worktrees, self._all = self._all, []
-        if not worktrees:
-            return
-        async with file_lock(self.repo_lock):
-            for worktree in worktrees:
-                await _remove(self.mirror, worktree.path)
-                _lock_file(worktree.path).unlink(missing_ok=True)
-                os.close(worktree.lock_fd)
-                log.info("worktree_removed", path=str(worktree.path))
-            await run_git("worktree", "prune", cwd=self.mirror, check=False)
+        if worktrees:
+            async with file_lock(self.repo_lock):
+                for worktree in worktrees:
+                    await _remove(self.mirror, worktree.path)
+                    _lock_file(worktree.path).unlink(missing_ok=True)
+                    os.close(worktree.lock_fd)
+                    log.info("worktree_removed", path=str(worktree.path))
+                await run_git("worktree", "prune", cwd=self.mirror, check=False)
+        with contextlib.suppress(OSError):  # not empty (another pool's) or already gone
+            self.work_dir.rmdir()
 
 
 def _lock_file(path: Path) -> Path:
