@@ -8,7 +8,9 @@ logged and counted, and the bisection goes on.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,8 @@ log = structlog.get_logger(__name__)
 
 PROGRESS_MIN_INTERVAL_S = 0.25  # a flood of progress events is coalesced, the last one kept
 MAX_DETAIL_CHARS = 2000
+MAX_UNWRITTEN = 10_000  # rows kept for a retry while the database is away
+FINAL_WRITE_RETRY_S = 120.0  # how long the end of a run waits for the database to come back
 
 
 class InvalidEvent(ValueError):
@@ -82,6 +86,10 @@ class Recorder:
     _pending_progress: dict[str, int] | None = None
     _progress_at: float = 0.0
     _warned_fingerprint: bool = False
+    # Step and verdict writes that failed because the database was away; every write is
+    # idempotent (deterministic ids), so they are simply tried again later.
+    _unwritten: list[tuple[str, Callable[[], Awaitable[None]]]] = field(default_factory=list)
+    _last_unavailable: bool = False
 
     def __post_init__(self) -> None:
         self.log = log.bind(task_id=self.scope.task_id, attempt=self.scope.attempt)
@@ -106,17 +114,49 @@ class Recorder:
             self.log.debug("engine_event_ignored", engine_event=kind)
 
     async def flush(self) -> None:
-        """Write the progress a coalesced flood left pending."""
+        """Write the progress a coalesced flood left pending, and retry rows that could not
+        be written while the database was away."""
         if self._pending_progress is not None:
             pending, self._pending_progress = self._pending_progress, None
             await self._write_progress(pending)
+        await self._retry_unwritten()
 
-    async def _guard(self, what: str, write: Any) -> bool:
+    @property
+    def unwritten(self) -> int:
+        return len(self._unwritten)
+
+    async def _retry_unwritten(self) -> None:
+        while self._unwritten:
+            what, write = self._unwritten[0]
+            try:
+                await write()
+            except DatabaseUnavailable:
+                return
+            except Exception as exc:
+                self.log.error("record_failed", what=what, error=repr(exc)[:500])
+            self._unwritten.pop(0)
+            self.log.info("record_caught_up", what=what, left=len(self._unwritten))
+
+    async def _keep_trying(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
+        """Write now; when the database is away, keep the write for later (bounded)."""
+        await self._retry_unwritten()
+        if self._unwritten:  # still away: keep order, do not even try
+            ok = False
+        else:
+            ok = await self._guard(what, write(), quiet_unavailable=True)
+        if not ok and self._last_unavailable and len(self._unwritten) < MAX_UNWRITTEN:
+            self._unwritten.append((what, write))
+        return ok
+
+    async def _guard(self, what: str, write: Any, *, quiet_unavailable: bool = False) -> bool:
+        self._last_unavailable = False
         try:
             await write
         except DatabaseUnavailable as exc:
             self.write_errors += 1
-            self.log.warning("record_failed", what=what, error=str(exc))
+            self._last_unavailable = True
+            self.log.warning("record_deferred" if quiet_unavailable else "record_failed",
+                             what=what, error=str(exc))
             return False
         except Exception as exc:  # e.g. a value the server refuses: skip the row, go on
             self.write_errors += 1
@@ -145,7 +185,7 @@ class Recorder:
         if self.metrics is not None and not step.reused:
             self.metrics.step_duration.observe(duration_ms / 1000)
         await self.flush()
-        if await self._guard("step", self.repo.record_step(step)):
+        if await self._keep_trying("step", lambda: self.repo.record_step(step)):
             self.log.info("step_recorded", seq=step.seq, commit=step.commit,
                           verdict=step.verdict.value, runs=step.runs, reused=step.reused)
 
@@ -170,7 +210,7 @@ class Recorder:
         if key in self._seen_verdicts:
             return
         self._seen_verdicts.add(key)
-        if await self._guard("verdict", self.repo.record_verdict(verdict)):
+        if await self._keep_trying("verdict", lambda: self.repo.record_verdict(verdict)):
             self.log.info("verdict_recorded", commit=verdict.commit,
                           verdict=verdict.verdict.value)
 
@@ -210,6 +250,17 @@ class Recorder:
             errid=self.scope.error_id, first_bad_commit=str(self.result["first_bad_commit"]),
             bisect_task_id=self.scope.task_id, git_url=git_url,
             bad_job_id=self.scope.bad_job_id or None, found_at=now_s())
-        if await self._guard("regression", self.repo.upsert_regression(record)):
-            self.log.info("regression_recorded", errid=record.errid,
-                          first_bad_commit=record.first_bad_commit)
+        # The culprit is the point of the whole run: wait a while for the database rather
+        # than lose it, and catch up on the steps that could not be written meanwhile.
+        deadline = time.monotonic() + FINAL_WRITE_RETRY_S
+        delay = 0.5
+        while True:
+            await self.flush()
+            if await self._guard("regression", self.repo.upsert_regression(record)):
+                self.log.info("regression_recorded", errid=record.errid,
+                              first_bad_commit=record.first_bad_commit)
+                return
+            if not self._last_unavailable or time.monotonic() + delay > deadline:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -118,9 +118,12 @@ async def test_database_outage_does_not_stop_recording() -> None:
     repo.fail = True
     await rec.handle(STEP)
     assert rec.write_errors == 1
+    assert rec.unwritten == 1
     repo.fail = False
     await rec.handle({**STEP, "seq": 2})
-    assert [s.seq for s in repo.steps] == [2]
+    # The row the outage held back is written first, then the new one: nothing is lost.
+    assert [s.seq for s in repo.steps] == [1, 2]
+    assert rec.unwritten == 0
 
 
 async def test_regression_only_for_found() -> None:
