@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -27,17 +27,44 @@ def _redact_secrets(
     return event_dict
 
 
+class _LossyStream:
+    """A log stream whose reader may vanish: when it does (a consumer killed under its
+    engine), log lines are dropped instead of raising inside clean-up code."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._broken = False
+
+    def write(self, text: str) -> int:
+        if not self._broken:
+            try:
+                return int(self._stream.write(text))
+            except (BrokenPipeError, ValueError, OSError):
+                self._broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._broken:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self._broken = True
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._stream, "isatty", lambda: False)())
+
+
 def configure_logging(service: str, level: str | None = None, *, stream: Any = None) -> None:
     """Configure structlog and the stdlib root logger for one process.
 
     ``BISECT_LOG_FORMAT`` (``json`` or ``console``) overrides the terminal detection;
     ``BISECT_LOG_LEVEL`` the level.
     """
-    out = stream if stream is not None else sys.stderr
+    out = _LossyStream(stream if stream is not None else sys.stderr)
     level_name = (level or os.environ.get("BISECT_LOG_LEVEL", "info")).upper()
     numeric = logging.getLevelNamesMapping().get(level_name, logging.INFO)
     fmt = os.environ.get("BISECT_LOG_FORMAT", "")
-    as_json = fmt == "json" or (fmt != "console" and not getattr(out, "isatty", lambda: False)())
+    as_json = fmt == "json" or (fmt != "console" and not out.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if as_json
@@ -53,7 +80,7 @@ def configure_logging(service: str, level: str | None = None, *, stream: Any = N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, out)),
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()
