@@ -278,16 +278,9 @@ def main() -> int:
 
 def fresh_database(url: DbUrl) -> None:
     """Empty ``url``'s database and create the tables: each setup starts from nothing."""
-    import pymysql
+    from common.private_db import recreate_database
 
-    conn = pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password,
-                           autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{url.database}`")
-            cur.execute(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4")
-    finally:
-        conn.close()
+    recreate_database(url)
     asyncio.run(_create_tables(url))
 
 

@@ -31,6 +31,7 @@ import pymysql
 from common.db import Database
 from common.logging import configure_logging
 from common.models import Regression
+from common.private_db import drop_database, recreate_database
 from common.repository import Repository
 from common.schema import JOBS
 from common.settings import DbUrl
@@ -100,24 +101,7 @@ def _admin_connection(url: DbUrl, database: str | None = None) -> pymysql.Connec
 
 def make_database() -> DbUrl:
     base = DbUrl.parse(SERVER_URL, "BISECT_BENCH_DB_URL")
-    name = f"bisect_bench_{os.getpid()}"
-    conn = _admin_connection(base)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    finally:
-        conn.close()
-    return base.with_database(name)
-
-
-def drop_database(url: DbUrl) -> None:
-    conn = _admin_connection(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{url.database}`")
-    finally:
-        conn.close()
+    return recreate_database(base.with_database(f"bisect_bench_{os.getpid()}"))
 
 
 def truncate_tasks(url: DbUrl) -> None:

@@ -20,6 +20,21 @@ class TaskStatus(StrEnum):
         return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
+class FinishOutcome(StrEnum):
+    """How a consumer reports the end of a task it holds (docs/consumer-protocol.md)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RELEASED = "released"  # back to waiting, no attempt counted
+
+
+class StopReason(StrEnum):
+    """Why the producer tells a consumer to stop a task."""
+
+    CANCELLED = "cancelled"
+    LEASE_LOST = "lease_lost"
+
+
 class Verdict(StrEnum):
     GOOD = "good"
     BAD = "bad"

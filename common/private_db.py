@@ -4,6 +4,7 @@ for fault tests that stop and restart the database without touching a shared ser
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,8 +12,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common.errors import BisectError
+from common.settings import DbUrl
 
 MARIADBD_CANDIDATES = ("/usr/sbin/mariadbd", "/usr/sbin/mysqld")
 INSTALL_DB_CANDIDATES = ("mariadb-install-db", "mysql_install_db")
@@ -133,3 +136,40 @@ class PrivateMariaDB:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _server_connection(url: DbUrl) -> Any:
+    import pymysql
+
+    return pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password,
+                           autocommit=True, charset="utf8mb4")
+
+
+def _check_database_name(name: str) -> str:
+    # Names are ours (test or benchmark prefixes), but DDL cannot bind them: insist.
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", name):
+        raise ValueError(f"not a plain database name: {name!r}")
+    return name
+
+
+def recreate_database(url: DbUrl) -> DbUrl:
+    """Drop and create ``url``'s database (MariaDB/MySQL), empty; returns ``url``."""
+    name = _check_database_name(url.database)
+    conn = _server_connection(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    finally:
+        conn.close()
+    return url
+
+
+def drop_database(url: DbUrl) -> None:
+    name = _check_database_name(url.database)
+    conn = _server_connection(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import aiohttp
 import structlog
 
 from common.errors import BisectError
+from common.models import FinishOutcome
 from common.supervise import RetryPolicy
 
 log = structlog.get_logger(__name__)
@@ -47,12 +47,6 @@ class ProducerRejected(ProducerError):
 
 class ProducerProtocolError(ProducerError):
     """The producer's answer does not have the documented shape."""
-
-
-class Outcome(StrEnum):
-    COMPLETED = "completed"
-    FAILED = "failed"
-    RELEASED = "released"
 
 
 @dataclass(frozen=True)
@@ -222,7 +216,7 @@ class ProducerClient:
                 continue
         return HeartbeatAnswer(renewed, stops, _lease(data, self._default_lease))
 
-    async def finish(self, task_id: int, outcome: Outcome, *, reason: str = "",
+    async def finish(self, task_id: int, outcome: FinishOutcome, *, reason: str = "",
                      result: dict[str, Any] | None = None,
                      give_up_after_s: float = 300.0) -> FinishAnswer:
         """Report a task's end; retried (it is idempotent) for up to ``give_up_after_s``."""

@@ -21,8 +21,8 @@ from typing import Any
 import structlog
 
 from common.errors import BisectError
-from common.models import StoredVerdict
-from consumer.client import ClaimedTask, Outcome
+from common.models import FinishOutcome, StoredVerdict
+from consumer.client import ClaimedTask
 from consumer.profiles import TesterProfile
 from consumer.recorder import InvalidEvent, Recorder
 from consumer.settings import ConsumerSettings, TimeoutAction
@@ -99,7 +99,7 @@ class Finish:
     """The ``finish`` call to make; ``outcome`` None: the producer told us to stop, say
     nothing."""
 
-    outcome: Outcome | None
+    outcome: FinishOutcome | None
     reason: str = ""
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -149,7 +149,7 @@ def decide(run: RunResult, *, work_dir: str, timeout_action: TimeoutAction) -> F
     """The producer-facing outcome of a run."""
     if run.stop_reason == STOP_CANCELLED:
         # Reported at once so the producer marks it cancelled now, not when the lease ends.
-        return Finish(Outcome.RELEASED, STOP_CANCELLED)
+        return Finish(FinishOutcome.RELEASED, STOP_CANCELLED)
     if run.stop_reason is not None and run.stop_reason != STOP_SHUTDOWN:
         return Finish(None, run.stop_reason)
     # An engine we terminated (shutdown, timeout) still writes a result: status "error",
@@ -157,19 +157,20 @@ def decide(run: RunResult, *, work_dir: str, timeout_action: TimeoutAction) -> F
     killed = run.timed_out or run.stop_reason == STOP_SHUTDOWN
     if run.result is not None and not (killed and run.result.get("status") == "error"):
         if run.result.get("status") == "found":
-            return Finish(Outcome.COMPLETED, "", completed_result(run.result, work_dir))
+            return Finish(FinishOutcome.COMPLETED, "", completed_result(run.result, work_dir))
         keep = {k: _cap(run.result[k]) for k in ("candidates", "runs", "tested", "runner_up")
                 if run.result.get(k) is not None}
-        return Finish(Outcome.FAILED, _failure_reason(run.result), keep)
+        return Finish(FinishOutcome.FAILED, _failure_reason(run.result), keep)
     if run.stop_reason == STOP_SHUTDOWN:
-        return Finish(Outcome.RELEASED, "consumer shutting down")
+        return Finish(FinishOutcome.RELEASED, "consumer shutting down")
     if run.timed_out:
-        outcome = Outcome.RELEASED if timeout_action is TimeoutAction.RETRY else Outcome.FAILED
+        outcome = (FinishOutcome.RELEASED if timeout_action is TimeoutAction.RETRY
+                   else FinishOutcome.FAILED)
         return Finish(outcome, "timeout")
     reason = f"engine exited {run.exit_code} without a result"
     if run.last_stderr:
         reason += f": {run.last_stderr}"
-    return Finish(Outcome.FAILED, reason[:1000])
+    return Finish(FinishOutcome.FAILED, reason[:1000])
 
 
 def _signal_group(pid: int, sig: int) -> None:

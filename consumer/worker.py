@@ -18,12 +18,11 @@ from typing import Any
 import structlog
 
 from common.errors import DatabaseUnavailable
-from common.models import StoredVerdict
+from common.models import FinishOutcome, StoredVerdict
 from common.repository import Repository
 from common.supervise import RetryPolicy, Supervisor, sleep_or_stop
 from consumer.client import (
     ClaimedTask,
-    Outcome,
     ProducerClient,
     ProducerError,
     ProducerRejected,
@@ -234,7 +233,7 @@ class Worker:
 
     async def _release_unstarted(self, task: ClaimedTask, reason: str) -> None:
         try:
-            await asyncio.shield(self.client.finish(task.id, Outcome.RELEASED, reason=reason,
+            await asyncio.shield(self.client.finish(task.id, FinishOutcome.RELEASED, reason=reason,
                                                     give_up_after_s=SHUTDOWN_FINISH_S))
         except ProducerError as exc:
             self.log.warning("release_failed", task_id=task.id, error=str(exc))
@@ -265,7 +264,8 @@ class Worker:
             raise
         except Exception as exc:
             tlog.exception("task_crashed")
-            finish = Finish(Outcome.FAILED, f"consumer error: {type(exc).__name__}: {exc}"[:1000])
+            finish = Finish(FinishOutcome.FAILED,
+                            f"consumer error: {type(exc).__name__}: {exc}"[:1000])
         if item.stop_reason is not None and item.stop_reason != STOP_SHUTDOWN:
             tlog.info("task_stopped", reason=item.stop_reason)
             return
@@ -280,7 +280,7 @@ class Worker:
         name = task.tester or COMPASS
         profile = self.settings.testers.get(name)
         if profile is None:
-            return Finish(Outcome.FAILED, f"unknown tester {name!r} on consumer "
+            return Finish(FinishOutcome.FAILED, f"unknown tester {name!r} on consumer "
                                           f"{self.settings.consumer_id}")
         tester = profile.tester_spec()
         fingerprint = tester_fingerprint(tester)
@@ -296,7 +296,7 @@ class Worker:
             spec = build_spec(task, profile, settings=self.settings, known_verdicts=known,
                               work_dir=work_dir)
         except SpecError as exc:
-            return Finish(Outcome.FAILED, f"bad task: {exc}")
+            return Finish(FinishOutcome.FAILED, f"bad task: {exc}")
         recorder = Recorder(self.repo, RecorderScope(
             task_id=task.id, attempt=task.claim, repo_url=task.git_url or "",
             tester_fingerprint=fingerprint, error_id=task.error_id,
@@ -311,7 +311,7 @@ class Worker:
         result = await run.run()
         self.metrics.bisection_duration.observe(result.duration_s)
         finish = decide(result, work_dir=work_dir, timeout_action=self.settings.timeout_action)
-        if finish.outcome is Outcome.COMPLETED:
+        if finish.outcome is FinishOutcome.COMPLETED:
             await recorder.record_regression(task.git_url)
         return finish
 
@@ -334,9 +334,9 @@ class Worker:
             self.metrics.lease_losses.inc()
             tlog.warning("lease_lost", during="finish", outcome=finish.outcome.value)
             return
-        if finish.outcome is Outcome.COMPLETED:
+        if finish.outcome is FinishOutcome.COMPLETED:
             self.metrics.completions.inc()
-        elif finish.outcome is Outcome.FAILED:
+        elif finish.outcome is FinishOutcome.FAILED:
             self.metrics.failures.labels(reason=finish.reason.split(":")[0][:40]).inc()
         else:
             self.metrics.releases.inc()

@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from common.errors import ValidationError
-from common.models import Task
+from common.models import FinishOutcome, Task
 from common.repository import TaskFilter
 from producer.errors import WriterConflict
 from producer.middleware import Access, Handler, error_response, json_response, read_json
@@ -30,7 +30,7 @@ from producer.validation import (
     parse_task_id_list,
     parse_testers,
 )
-from producer.writer import Outcome, SubmitResult
+from producer.writer import SubmitResult
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ async def consumer_finish(request: web.Request) -> web.Response:
     consumer_id = parse_consumer_id(body.get("consumer_id"))
     task_id = parse_task_id(str(body.get("task_id", "")), "task_id")
     try:
-        outcome = Outcome(str(body.get("outcome")))
+        outcome = FinishOutcome(str(body.get("outcome")))
     except ValueError:
         raise ValidationError("outcome", "must be completed, failed or released") from None
     reason = body.get("reason")

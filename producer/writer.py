@@ -13,7 +13,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import pymysql
@@ -21,22 +20,11 @@ import structlog
 
 from common import ids
 from common.errors import DatabaseUnavailable
-from common.models import NewTask, Task, TaskStatus
+from common.models import FinishOutcome, NewTask, StopReason, Task, TaskStatus
 from common.repository import Repository, new_task_row, task_from_row
 from producer.errors import InvalidTransition, NotOwner, ProducerError, TaskNotFound
 
 log = structlog.get_logger(__name__)
-
-
-class StopReason(StrEnum):
-    CANCELLED = "cancelled"
-    LEASE_LOST = "lease_lost"
-
-
-class Outcome(StrEnum):
-    COMPLETED = "completed"
-    FAILED = "failed"
-    RELEASED = "released"
 
 
 @dataclass(frozen=True)
@@ -321,16 +309,16 @@ class TaskStateWriter:
                          reason=reason.value)
             return HeartbeatAnswer(renewed, stop)
 
-    async def finish(self, consumer_id: str, task_id: int, outcome: Outcome, *,
+    async def finish(self, consumer_id: str, task_id: int, outcome: FinishOutcome, *,
                      reason: str | None = None, result: dict[str, Any] | None = None) -> Task:
         async with self._lock:
             task = await self._require(task_id)
             if task.status is not TaskStatus.PROCESSING or task.owner != consumer_id:
                 raise NotOwner(f"task {task_id} is {task.status.value} and not held by "
                                f"{consumer_id}; result not recorded")
-            if task.cancel_requested and outcome is not Outcome.COMPLETED:
+            if task.cancel_requested and outcome is not FinishOutcome.COMPLETED:
                 await self._repo.mark_cancelled(task_id, "cancelled by user")
-            elif outcome is Outcome.COMPLETED:
+            elif outcome is FinishOutcome.COMPLETED:
                 result = result or {}
                 extra = {**task.extra, "result": result}
                 confidence = result.get("confidence")
@@ -341,7 +329,7 @@ class TaskStateWriter:
                     work_dir=result.get("work_dir"),
                     confidence=float(confidence) if confidence is not None else None,
                     verification=result.get("verification"), extra=extra)
-            elif outcome is Outcome.FAILED:
+            elif outcome is FinishOutcome.FAILED:
                 await self._repo.mark_failed(task_id, attempts=task.attempts,
                                              last_error=reason or "failed")
             else:

@@ -16,6 +16,7 @@ import pymysql
 import pytest
 
 from common.db import Database
+from common.private_db import drop_database, recreate_database
 from common.repository import Repository
 from common.schema import TABLES
 from common.settings import DbUrl
@@ -25,35 +26,18 @@ MANTICORE_URL = os.environ.get("BISECT_TEST_MANTICORE_URL", "")
 _counter = itertools.count()
 
 
-def _admin_connection(url: DbUrl) -> pymysql.connections.Connection:
-    return pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password,
-                           autocommit=True, charset="utf8mb4")
-
-
 def make_mysql_database() -> DbUrl:
     base = DbUrl.parse(MYSQL_BASE, "BISECT_TEST_DB_URL")
-    name = f"bisect_test_{os.getpid()}_{next(_counter)}"
-    conn = _admin_connection(base)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    finally:
-        conn.close()
-    return base.with_database(name)
+    return recreate_database(base.with_database(f"bisect_test_{os.getpid()}_{next(_counter)}"))
 
 
 def drop_mysql_database(url: DbUrl) -> None:
-    conn = _admin_connection(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{url.database}`")
-    finally:
-        conn.close()
+    drop_database(url)
 
 
 def reset_manticore(url: DbUrl) -> None:
-    conn = _admin_connection(url)
+    conn = pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password,
+                           autocommit=True)
     try:
         with conn.cursor() as cur:
             for table in TABLES:

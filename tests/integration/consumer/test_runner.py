@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from common.models import Verdict
+from common.models import FinishOutcome, Verdict
 from common.repository import Repository
-from consumer.client import Outcome
 from consumer.recorder import Recorder, RecorderScope
 from consumer.runner import BisectionRun, RunResult, decide
 from consumer.settings import TimeoutAction
@@ -38,7 +37,7 @@ def make_run(repo: Repository, tmp_path: Path, *, timeout_s: float = 30.0,
     return run, recorder
 
 
-def finish_of(result: RunResult) -> tuple[Outcome | None, str]:
+def finish_of(result: RunResult) -> tuple[FinishOutcome | None, str]:
     finish = decide(result, work_dir="/w", timeout_action=TimeoutAction.FAIL)
     return finish.outcome, finish.reason
 
@@ -48,7 +47,7 @@ async def test_found_records_steps_verdicts_progress(repo: Repository, tmp_path:
     run, recorder = make_run(repo, tmp_path, fp="fp", spec_out=str(spec_out))
     result = await run.run()
     assert result.exit_code == 0 and result.result is not None
-    assert finish_of(result) == (Outcome.COMPLETED, "")
+    assert finish_of(result) == (FinishOutcome.COMPLETED, "")
     assert json.loads(spec_out.read_text())["bad_commit"] == "bad0"
     steps = await repo.steps_of_task(TASK_ID)
     assert [(s.attempt, s.seq, s.commit, s.verdict, s.reused) for s in steps] == [
@@ -66,7 +65,7 @@ async def test_found_records_steps_verdicts_progress(repo: Repository, tmp_path:
 async def test_garbage_is_skipped(repo: Repository, tmp_path: Path) -> None:
     run, _ = make_run(repo, tmp_path, mode="garbage")
     result = await run.run()
-    assert finish_of(result) == (Outcome.COMPLETED, "")
+    assert finish_of(result) == (FinishOutcome.COMPLETED, "")
     seqs = [s.seq for s in await repo.steps_of_task(TASK_ID)]
     assert seqs == [1, 2, 7]  # the split line was joined; the invalid step was dropped
 
@@ -75,7 +74,7 @@ async def test_flood_is_survived_and_progress_ends_current(repo: Repository,
                                                            tmp_path: Path) -> None:
     run, _ = make_run(repo, tmp_path, mode="flood")
     result = await run.run()
-    assert finish_of(result) == (Outcome.COMPLETED, "")
+    assert finish_of(result) == (FinishOutcome.COMPLETED, "")
     assert len(await repo.steps_of_task(TASK_ID)) == 2
 
 
@@ -84,13 +83,13 @@ async def test_exit_without_result_fails_with_last_stderr(repo: Repository,
     run, _ = make_run(repo, tmp_path, mode="crash")
     result = await run.run()
     assert finish_of(result) == (
-        Outcome.FAILED, "engine exited 3 without a result: RuntimeError: git exploded")
+        FinishOutcome.FAILED, "engine exited 3 without a result: RuntimeError: git exploded")
     assert [s.commit for s in await repo.steps_of_task(TASK_ID)] == ["c5"]
 
 
 async def test_ambiguous_fails_with_candidates(repo: Repository, tmp_path: Path) -> None:
     run, _ = make_run(repo, tmp_path, mode="ambiguous")
-    assert finish_of(await run.run()) == (Outcome.FAILED, "ambiguous: 2 candidates c3 c4")
+    assert finish_of(await run.run()) == (FinishOutcome.FAILED, "ambiguous: 2 candidates c3 c4")
 
 
 async def test_timeout_kills_the_process_group(repo: Repository, tmp_path: Path) -> None:
@@ -100,7 +99,7 @@ async def test_timeout_kills_the_process_group(repo: Repository, tmp_path: Path)
     result = await run.run()
     elapsed = time.monotonic() - started
     assert result.timed_out
-    assert finish_of(result) == (Outcome.FAILED, "timeout")
+    assert finish_of(result) == (FinishOutcome.FAILED, "timeout")
     assert elapsed < 1.0 + 1.0 + 3.0  # timeout + kill grace + slack
     child = int(child_file.read_text())
     assert await wait_until(lambda: not pid_alive(child), 5)
@@ -108,11 +107,11 @@ async def test_timeout_kills_the_process_group(repo: Repository, tmp_path: Path)
 
 
 @pytest.mark.parametrize(("reason", "finish"), [
-    ("cancelled", (Outcome.RELEASED, "cancelled")),  # reported: the producer cancels it now
+    ("cancelled", (FinishOutcome.RELEASED, "cancelled")),  # reported: the producer cancels it now
     ("lease_lost", (None, "lease_lost")),  # not reported: the task belongs to another now
 ])
 async def test_stop_kills_at_once(repo: Repository, tmp_path: Path, reason: str,
-                                  finish: tuple[Outcome | None, str]) -> None:
+                                  finish: tuple[FinishOutcome | None, str]) -> None:
     run, _ = make_run(repo, tmp_path, mode="hang")
     job = asyncio.create_task(run.run())
     assert await wait_until(lambda: run.pid is not None, 10)

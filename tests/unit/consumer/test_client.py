@@ -16,12 +16,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from common.models import FinishOutcome
 from common.supervise import RetryPolicy
 from consumer.client import (
     CLAIM_PATH,
     FINISH_PATH,
     HEARTBEAT_PATH,
-    Outcome,
     ProducerClient,
     ProducerProtocolError,
     ProducerRejected,
@@ -164,8 +164,8 @@ async def test_finish_completed_and_conflict(script: Fixture) -> None:
     server, client = script
     server.add(FINISH_PATH, (502, "gw"), (200, {"status": "completed", "task": {}}),
                (409, {"error": "not owner"}))
-    ok = await client.finish(5, Outcome.COMPLETED, result={"bad_commit": "abc"})
-    lost = await client.finish(6, Outcome.FAILED, reason="timeout")
+    ok = await client.finish(5, FinishOutcome.COMPLETED, result={"bad_commit": "abc"})
+    lost = await client.finish(6, FinishOutcome.FAILED, reason="timeout")
     assert ok.accepted and ok.status == "completed"
     assert not lost.accepted
     assert server.requests[1][1] == {"consumer_id": "c-1", "task_id": "5",
@@ -177,9 +177,9 @@ async def test_finish_completed_and_conflict(script: Fixture) -> None:
 async def test_finish_keeps_retrying_until_its_deadline(script: Fixture) -> None:
     server, client = script
     server.add(FINISH_PATH, *[(503, "down")] * 7, (200, {"status": "wait"}))
-    answer = await client.finish(5, Outcome.RELEASED, give_up_after_s=30)
+    answer = await client.finish(5, FinishOutcome.RELEASED, give_up_after_s=30)
     assert answer.accepted and answer.status == "wait"
     assert len(server.requests) == 8
     server.answers[FINISH_PATH] = [(503, "down")]
     with pytest.raises(ProducerUnavailable):
-        await client.finish(5, Outcome.RELEASED, give_up_after_s=0)
+        await client.finish(5, FinishOutcome.RELEASED, give_up_after_s=0)

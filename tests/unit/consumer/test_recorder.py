@@ -8,11 +8,11 @@ from typing import Any, cast
 import pytest
 
 from common.errors import DatabaseUnavailable
-from common.models import Regression, Step, StoredVerdict, Verdict
+from common.models import FinishOutcome, Regression, Step, StoredVerdict, Verdict
 from common.repository import Repository
 from consumer import profiles
 from consumer import recorder as recorder_module
-from consumer.client import ClaimedTask, Outcome
+from consumer.client import ClaimedTask
 from consumer.recorder import InvalidEvent, Recorder, RecorderScope
 from consumer.runner import STOP_SHUTDOWN, RunResult, SpecError, build_spec, decide
 from consumer.settings import ConsumerSettings, TimeoutAction
@@ -148,7 +148,7 @@ FOUND = {"event": "result", "status": "found", "first_bad_commit": "c1", "subjec
 
 def test_decide_found() -> None:
     finish = decide(RunResult(FOUND, 0), work_dir="/w", timeout_action=TimeoutAction.FAIL)
-    assert finish.outcome is Outcome.COMPLETED
+    assert finish.outcome is FinishOutcome.COMPLETED
     assert finish.result == {
         "bad_commit": "c1", "first_bad_id": "j5", "first_result_root": "/rr5",
         "work_dir": "/w", "confidence": 0.97, "verification": "held",
@@ -163,28 +163,28 @@ def test_decide_found() -> None:
 
 
 @pytest.mark.parametrize(("run", "outcome", "reason"), [
-    (RunResult({"status": "ambiguous", "candidates": ["aaaa", "bbbb"]}, 1), Outcome.FAILED,
+    (RunResult({"status": "ambiguous", "candidates": ["aaaa", "bbbb"]}, 1), FinishOutcome.FAILED,
      "ambiguous: 2 candidates aaaa bbbb"),
     (RunResult({"status": "not_reproduced", "reason": "bad commit tests good"}, 1),
-     Outcome.FAILED, "not_reproduced: bad commit tests good"),
-    (RunResult({"status": "no_good", "reason": "no_good: none in 1000"}, 1), Outcome.FAILED,
+     FinishOutcome.FAILED, "not_reproduced: bad commit tests good"),
+    (RunResult({"status": "no_good", "reason": "no_good: none in 1000"}, 1), FinishOutcome.FAILED,
      "no_good: none in 1000"),
-    (RunResult(None, 2, last_stderr="boom"), Outcome.FAILED,
+    (RunResult(None, 2, last_stderr="boom"), FinishOutcome.FAILED,
      "engine exited 2 without a result: boom"),
-    (RunResult(None, -9), Outcome.FAILED, "engine exited -9 without a result"),
-    (RunResult(None, -15, timed_out=True), Outcome.FAILED, "timeout"),
-    (RunResult(None, -15, stop_reason=STOP_SHUTDOWN), Outcome.RELEASED,
+    (RunResult(None, -9), FinishOutcome.FAILED, "engine exited -9 without a result"),
+    (RunResult(None, -15, timed_out=True), FinishOutcome.FAILED, "timeout"),
+    (RunResult(None, -15, stop_reason=STOP_SHUTDOWN), FinishOutcome.RELEASED,
      "consumer shutting down"),
-    (RunResult(FOUND, -15, stop_reason="cancelled"), Outcome.RELEASED, "cancelled"),
+    (RunResult(FOUND, -15, stop_reason="cancelled"), FinishOutcome.RELEASED, "cancelled"),
     (RunResult(None, -15, stop_reason="lease_lost"), None, "lease_lost"),
     # The engine answers SIGTERM with an "error" result; that is our doing, not the task's.
     (RunResult({"status": "error", "reason": "terminated by SIGTERM"}, 2, timed_out=True),
-     Outcome.FAILED, "timeout"),
+     FinishOutcome.FAILED, "timeout"),
     (RunResult({"status": "error", "reason": "terminated by SIGTERM"}, 2,
-               stop_reason=STOP_SHUTDOWN), Outcome.RELEASED, "consumer shutting down"),
-    (RunResult(FOUND, 0, stop_reason=STOP_SHUTDOWN), Outcome.COMPLETED, ""),
+               stop_reason=STOP_SHUTDOWN), FinishOutcome.RELEASED, "consumer shutting down"),
+    (RunResult(FOUND, 0, stop_reason=STOP_SHUTDOWN), FinishOutcome.COMPLETED, ""),
 ])
-def test_decide(run: RunResult, outcome: Outcome | None, reason: str) -> None:
+def test_decide(run: RunResult, outcome: FinishOutcome | None, reason: str) -> None:
     finish = decide(run, work_dir="/w", timeout_action=TimeoutAction.FAIL)
     assert (finish.outcome, finish.reason) == (outcome, reason)
 
@@ -192,7 +192,7 @@ def test_decide(run: RunResult, outcome: Outcome | None, reason: str) -> None:
 def test_timeout_can_release_for_retry() -> None:
     finish = decide(RunResult(None, -15, timed_out=True), work_dir="/w",
                     timeout_action=TimeoutAction.RETRY)
-    assert (finish.outcome, finish.reason) == (Outcome.RELEASED, "timeout")
+    assert (finish.outcome, finish.reason) == (FinishOutcome.RELEASED, "timeout")
 
 
 def test_build_spec() -> None:
