@@ -30,6 +30,11 @@ SELECT {bisect_columns} FROM bisect WHERE id IN %(ids)s ORDER BY id ASC LIMIT 10
 SELECT {bisect_columns} FROM bisect WHERE bad_job_id = %(bad_job_id)s AND error_key = %(error_key)s
 ORDER BY id ASC LIMIT 100
 
+-- name: task_list
+-- The WHERE clause is assembled from TaskFilter's fixed fragments (values still bound);
+-- newest first, paged by the key (created_at, id).
+SELECT {bisect_columns} FROM bisect {where} ORDER BY created_at DESC, id DESC LIMIT %(limit)s
+
 -- name: task_ids_by_status
 SELECT id FROM bisect WHERE bisect_status = %(status)s AND id > %(after)s ORDER BY id ASC LIMIT %(limit)s
 

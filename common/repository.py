@@ -383,9 +383,8 @@ class Repository:
                            " AND id < %(b_id)s))")
             params["b_created"], params["b_id"] = before
         params["limit"] = min(limit, PAGE_LIMIT)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        sql = (self._q["tasks_by_ids"].split(" WHERE ")[0] + where
-               + " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
+        sql = self._q["task_list"].replace("{where}", where)
         return [task_from_row(row) for row in await self.db.fetch(sql, params)]
 
     async def task_ids_by_status(self, status: TaskStatus) -> list[int]:
