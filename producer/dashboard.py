@@ -13,7 +13,13 @@ from common.errors import ValidationError
 from common.models import Task, TaskStatus
 from common.repository import TaskFilter
 from producer import templates
-from producer.middleware import Access, error_response, json_response
+from producer.middleware import (
+    SESSION_COOKIE,
+    Access,
+    error_response,
+    json_response,
+    read_token_ok,
+)
 from producer.report import render_report, report_unavailable
 from producer.routes import Route
 from producer.state import STATE_KEY, ProducerState
@@ -125,6 +131,29 @@ async def task_live(request: web.Request) -> web.Response:
     return json_response(data)
 
 
+def _local_next(value: str | None) -> str:
+    """Where to go after signing in: a dashboard path of ours, never another site."""
+    if value and value.startswith("/dashboard") and "//" not in value and "\\" not in value:
+        return value
+    return "/dashboard"
+
+
+async def login_form(request: web.Request) -> web.Response:
+    return _html(templates.login_page(_local_next(request.query.get("next")), error=None))
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    token = str(form.get("token", "")).strip()
+    target = _local_next(str(form.get("next", "")))
+    if not read_token_ok(request, token or None):
+        return _html(templates.login_page(target, error="that token is not valid"), 403)
+    response = web.HTTPSeeOther(target)
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict",
+                        secure=request.secure, path="/", max_age=7 * 24 * 3600)
+    raise response
+
+
 async def task_report(request: web.Request) -> web.Response:
     state = _state(request)
     task_id = parse_task_id(request.match_info["id"])
@@ -140,6 +169,12 @@ async def task_report(request: web.Request) -> web.Response:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", root, Access.OPEN, "Redirect to the dashboard", responses={302: "Text"}),
+    Route("GET", "/dashboard/login", login_form, Access.OPEN,
+          "Sign-in form for the dashboard when reads need a token", query=("next",),
+          responses={200: "Html"}),
+    Route("POST", "/dashboard/login", login, Access.OPEN,
+          "Sign in with an API token (kept in an HttpOnly cookie that only reads accept)",
+          responses={303: "Text", 403: "Html"}),
     Route("GET", "/dashboard", dashboard, Access.READ,
           "Dashboard: counts by status and the task list (HTML)", query=_QUERY,
           responses={200: "Html", 422: "Html"}),

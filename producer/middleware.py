@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
@@ -69,6 +70,16 @@ def _token_ok(token: str | None, allowed: frozenset[str]) -> bool:
     return any(hmac.compare_digest(token.encode(), item.encode()) for item in allowed)
 
 
+# Browsers cannot send a bearer token: the dashboard's sign-in keeps it in this cookie.
+# Only READ routes accept it, so a forged cross-site request can never write.
+SESSION_COOKIE = "bisect_token"
+
+
+def read_token_ok(request: web.Request, token: str | None) -> bool:
+    settings = request.app[STATE_KEY].settings
+    return _token_ok(token, settings.api_tokens | settings.consumer_tokens)
+
+
 def guard(access: Access, handler: Handler) -> Handler:
     """Wrap a handler with the token check its access level needs."""
     if access is Access.OPEN:
@@ -82,6 +93,11 @@ def guard(access: Access, handler: Handler) -> Handler:
         allowed = settings.consumer_tokens if access is Access.CONSUMER else settings.api_tokens
         if access is Access.READ:
             allowed = settings.api_tokens | settings.consumer_tokens
+            if token is None:
+                token = request.cookies.get(SESSION_COOKIE)
+            if token is None and request.path.startswith("/dashboard"):
+                raise web.HTTPSeeOther("/dashboard/login?" + urlencode(
+                    {"next": request.path_qs}))
         if token is None:
             return error_response(401, "an Authorization: Bearer token is required",
                                   "Authorization")

@@ -137,6 +137,16 @@ def page(title: str, content: str, *, live: str | None = None, status: str | Non
         f"<script>{JS}</script></body></html>")
 
 
+def login_page(next_path: str, error: str | None) -> str:
+    problem = f"<p class=error>{e(error)}</p>" if error else ""
+    return page("Sign in", (
+        "<h1>Sign in</h1><p class=sub>This dashboard needs an API token to read tasks.</p>"
+        f"{problem}<form class=filters method=post action=/dashboard/login>"
+        f'<input type=hidden name=next value="{e(next_path)}">'
+        "<label>Token<input type=password name=token autocomplete=current-password "
+        "required></label><button type=submit>Sign in</button></form>"))
+
+
 def badge(status: str, prefix: str = "s") -> str:
     return f'<span class="badge {prefix}-{e(status)}">{e(status)}</span>'
 
