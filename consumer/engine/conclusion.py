@@ -1,0 +1,191 @@
+"""The end of a bisection: verify the culprit, check the branch head, build the result.
+
+Verification and head runs go through :meth:`Evidence.evaluate` like every other test, but
+outside the run budget.
+"""
+
+from __future__ import annotations
+
+from consumer.engine import flaky, git
+from consumer.engine.bayes import BayesianSearch
+from consumer.engine.errors import EngineError
+from consumer.engine.evidence import Evidence
+from consumer.engine.result import BisectResult, HeadCheck, RunnerUp, Status, Verification
+from consumer.engine.search import SearchResult, SearchStatus
+from consumer.engine.verdicts import Verdict
+
+
+def finish(
+    ev: Evidence,
+    status: Status,
+    *,
+    reason: str | None = None,
+    first_bad: str | None = None,
+    candidates: tuple[str, ...] = (),
+    verification: Verification | None = None,
+    confidence: float = 0.0,
+    goods: list[str] | None = None,
+    subject: str | None = None,
+    author: str | None = None,
+    date: str | None = None,
+    job_id: str | None = None,
+    result_root: str | None = None,
+    runner_up: RunnerUp | None = None,
+    head: HeadCheck | None = None,
+) -> BisectResult:
+    """The result: what is given, plus every test so far, the runs spent and the strategy."""
+    return BisectResult(
+        status=status,
+        first_bad_commit=first_bad,
+        subject=subject,
+        author=author,
+        date=date,
+        candidates=candidates,
+        tested=tuple(ev.tested),
+        verification=verification,
+        confidence=confidence,
+        runs=ev.runs,
+        reason=reason,
+        first_bad_job_id=job_id,
+        first_result_root=result_root,
+        good_commits=tuple(goods or ()),
+        runner_up=runner_up,
+        head=head,
+        strategy=ev.strategy,
+    )
+
+
+def not_reproduced(ev: Evidence, bad: str) -> BisectResult:
+    """The result when the bad commit did not come back bad."""
+    outcome = ev.outcomes[bad]
+    what = f"error {ev.spec.error_id}" if ev.spec.error_id else "the failure"
+    return finish(
+        ev,
+        Status.NOT_REPRODUCED,
+        reason=f"{what} did not reproduce at the bad commit {bad[:12]}: "
+        f"{outcome.verdict.value} ({outcome.detail[:300]})",
+    )
+
+
+async def conclude_bayesian(
+    ev: Evidence, search: BayesianSearch, found: SearchResult, budget_hit: bool,
+    goods: list[str],
+) -> BisectResult:
+    """The result of a Bayesian search: its culprit, or its credible set when it has none."""
+    if found.status is SearchStatus.FOUND and found.first_bad is not None:
+        culprit = found.first_bad
+        parents = await git.parents_of(ev.mirror, culprit)
+        verification = (flaky.posterior_verification(search, culprit, parents)
+                        if ev.limits.verify else None)
+        second = search.runner_up(culprit)
+        return await culprit_found(
+            ev, culprit, goods, found.confidence, verification=verification, posterior=True,
+            runner_up=RunnerUp(second[0], round(second[1], 6)) if second else None,
+            rate=search.reproduction_rate(),
+        )
+    reason = found.reason
+    if budget_hit or found.status is SearchStatus.UNFINISHED:
+        reason = f"run budget of {ev.budget} runs spent: {reason}"
+    # candidates: the credible set, most likely first; confidence: the first's probability
+    return finish(ev, Status.AMBIGUOUS, reason=reason, candidates=found.candidates,
+                  goods=goods, confidence=round(found.confidence, 6))
+
+
+async def culprit_found(
+    ev: Evidence,
+    culprit: str,
+    goods: list[str],
+    confidence: float,
+    *,
+    verification: Verification | bool | None = True,
+    runner_up: RunnerUp | None = None,
+    rate: float | None = None,
+    posterior: bool = False,
+) -> BisectResult:
+    """The ``found`` result: verified (``verification`` True: verify now, if the limits say
+    so), head-checked, with the culprit's commit info.
+
+    ``posterior``: the confidence is a posterior that already weighs every run.
+    """
+    if verification is True:
+        verification = await verify(ev, culprit) if ev.limits.verify else None
+    elif verification is False:
+        verification = None
+    if verification is not None and not verification.held and not posterior:
+        confidence = min(confidence, 0.5)
+    head = await head_check(ev, culprit, rate)
+    info = await git.commit_info(ev.mirror, culprit)
+    outcome = ev.outcomes.get(culprit)
+    return finish(
+        ev,
+        Status.FOUND,
+        first_bad=culprit,
+        candidates=(culprit,),
+        verification=verification,
+        confidence=round(confidence, 6),
+        goods=goods,
+        subject=info.subject,
+        author=info.author,
+        date=info.date,
+        job_id=outcome.job_id if outcome else None,
+        result_root=outcome.result_root if outcome else None,
+        runner_up=runner_up,
+        head=head,
+    )
+
+
+async def head_check(ev: Evidence, culprit: str, rate: float | None) -> HeadCheck | None:
+    """Test the branch head: does the error still show there (regressed) or not (fixed)?
+
+    A deterministic test needs one usable run; a flaky one (``rate`` = the estimated
+    reproduction rate) runs until a bad run, or until enough good runs make it unlikely
+    the error merely failed to show. Head runs are outside the run budget.
+    """
+    revision = ev.spec.head_revision
+    if revision is None:
+        return None
+    try:
+        head = await git.resolve_commit(ev.mirror, revision)
+    except EngineError as exc:
+        ev.log.warning("head_check_failed", revision=revision, error=str(exc))
+        return HeadCheck(commit=revision, status=flaky.HEAD_UNKNOWN, runs=0)
+    runs_before = ev.runs
+    needed = 1 if rate is None else flaky.good_runs_needed(rate, ev.limits.confidence)
+    attempts = 0
+    while True:
+        outcome = await ev.evaluate(head, "head", force=attempts > 0, budgeted=False)
+        attempts += 1
+        status = flaky.head_status(ev.tally.get(head, flaky.Tally().add(outcome)),
+                                   needed, attempts)
+        if status is not None:
+            return HeadCheck(commit=head, status=status, runs=ev.runs - runs_before)
+
+
+async def verify(ev: Evidence, culprit: str) -> Verification:
+    """Boundary check: the culprit bad and every parent good.
+
+    Evidence already gathered counts (the search nearly always tested both sides of the
+    boundary); a side without a verdict of ours is tested now. ``verify: "retest"``
+    reruns both sides regardless. Verification runs are outside the run budget.
+    """
+    retest = ev.limits.verify_retest
+    runs_before = ev.runs
+    notes: list[str] = []
+    held = True
+    for commit, want, role in [(culprit, Verdict.BAD, "culprit")] + [
+        (p, Verdict.GOOD, "parent") for p in await git.parents_of(ev.mirror, culprit)
+    ]:
+        had = commit in ev.outcomes
+        outcome = await ev.evaluate(commit, "verify", force=retest, budgeted=False)
+        if retest:
+            how = "retested"
+        elif not had:
+            how = "tested now"
+        else:
+            how = "known verdict" if commit in ev.reused else "tested during the search"
+        if outcome.verdict is not want:
+            held = False
+        notes.append(f"{role} {commit[:12]} {outcome.verdict.value} ({how})")
+    if len(notes) == 1:
+        notes.append("root commit: no parent to test")
+    return Verification(held=held, detail="; ".join(notes), runs=ev.runs - runs_before)

@@ -1,0 +1,132 @@
+"""The evidence of one bisection: every test it runs, and what each one showed.
+
+Every test goes through :meth:`Evidence.evaluate`, which reuses what is already known (a
+commit is never tested twice), keeps the run budget, and emits ``step`` and ``verdict``
+events. The range finder, the search loop and the conclusion all read the same record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from consumer.engine import flaky
+from consumer.engine.events import STEP, VERDICT, Emit, make_event
+from consumer.engine.result import TestedCommit
+from consumer.engine.spec import TaskSpec
+from consumer.engine.testers import Tester, tester_fingerprint
+from consumer.engine.verdicts import Outcome
+from consumer.engine.worktree import WorktreePool
+
+log = structlog.get_logger(__name__)
+
+
+class BudgetSpent(Exception):
+    """The run budget does not allow another test."""
+
+
+class Evidence:
+    """The tests of one bisection over a prepared mirror and worktree pool."""
+
+    def __init__(
+        self, spec: TaskSpec, emit: Emit, *, mirror: Path, tester: Tester, pool: WorktreePool
+    ) -> None:
+        self.spec = spec
+        self.limits = spec.limits
+        self.emit = emit
+        self.mirror = mirror
+        self.tester = tester
+        self.pool = pool
+        self.fingerprint = tester_fingerprint(spec.tester)
+        self.log = log.bind(task_id=spec.task_id)
+        self.known = {
+            k.commit: Outcome(
+                verdict=k.verdict, runs=k.runs, bad_runs=k.bad_runs, job_id=k.job_id,
+                detail="known verdict",
+            )
+            for k in spec.known_verdicts
+        }
+        self.outcomes: dict[str, Outcome] = {}  # the first outcome of each commit
+        self.history: list[tuple[str, Outcome]] = []  # every outcome, known ones included
+        self.tally: dict[str, flaky.Tally] = {}  # runs per commit, for verdict events
+        self.budget = self.limits.run_budget
+        self.strategy = "deterministic"  # the search strategy's name, for the result
+        self.reused: set[str] = set()
+        self.tested: list[TestedCommit] = []
+        self.runs = 0
+        self.in_flight = 0
+        self._seq = 0
+
+    def use_bayesian(self) -> None:
+        """The Bayesian search runs from now on: its name and its (larger) budget apply."""
+        self.strategy = "bayesian"
+        self.budget = self.limits.budget_for(bayesian=True)
+
+    async def evaluate(
+        self, commit: str, phase: str, *, force: bool = False, budgeted: bool = True
+    ) -> Outcome:
+        """The verdict on ``commit``: known or already tested, else tested now.
+
+        ``force``: test again even when a verdict is at hand. ``budgeted``: raise
+        :class:`BudgetSpent` rather than go over the run budget.
+        """
+        if not force:
+            if commit in self.outcomes:
+                return self.outcomes[commit]
+            if commit in self.known:
+                outcome = self.known[commit]
+                self.outcomes[commit] = outcome
+                self.history.append((commit, outcome))
+                self.tally[commit] = flaky.Tally().add(outcome)
+                self.reused.add(commit)
+                self._note(commit, outcome, phase, reused=True, known=True)
+                return outcome
+        if commit in self.known and commit not in self.tally:
+            # A retest of a known commit: the stored verdict grows by this run.
+            self.tally[commit] = flaky.Tally().add(self.known[commit])
+        if budgeted and self.runs + self.in_flight >= self.budget:
+            raise BudgetSpent
+        self.in_flight += 1
+        try:
+            if not getattr(self.tester, "needs_worktree", True):  # a remote tester
+                outcome = await self.tester.test(commit, self.pool.work_dir)
+            else:
+                worktree = await self.pool.acquire()
+                try:
+                    await self.pool.checkout(worktree, commit)
+                    outcome = await self.tester.test(commit, worktree.path)
+                finally:
+                    self.pool.release(worktree)
+        finally:
+            self.in_flight -= 1
+        if not outcome.reused:
+            self.runs += outcome.runs
+        self.outcomes.setdefault(commit, outcome)
+        self.history.append((commit, outcome))
+        self.tally[commit] = self.tally.get(commit, flaky.Tally()).add(outcome)
+        self._note(commit, outcome, phase, reused=outcome.reused)
+        return outcome
+
+    def _note(
+        self, commit: str, outcome: Outcome, phase: str, *, reused: bool, known: bool = False
+    ) -> None:
+        self._seq += 1
+        self.tested.append(TestedCommit(commit, outcome.verdict.value, phase, reused))
+        self.log.info("step_finished", commit=commit, verdict=outcome.verdict.value, phase=phase,
+                      reused=reused, detail=outcome.detail[:200])
+        self.emit(make_event(
+            STEP, seq=self._seq, phase=phase, commit=commit, verdict=outcome.verdict.value,
+            runs=outcome.runs, bad_runs=outcome.bad_runs, duration_s=outcome.duration_s,
+            job_id=outcome.job_id, result_root=outcome.result_root, detail=outcome.detail,
+            reused=reused,
+        ))
+        if not known:
+            # Cumulative over every run of the commit (known runs included): the consumer
+            # replaces the stored verdict with it, so a retested commit keeps all its runs.
+            tally = self.tally[commit]
+            self.emit(make_event(
+                VERDICT, commit=commit, tester_fingerprint=self.fingerprint,
+                error_id=self.spec.error_id, verdict=tally.verdict.value, runs=tally.runs,
+                bad_runs=tally.bad_runs, job_id=outcome.job_id,
+            ))
