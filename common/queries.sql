@@ -58,8 +58,8 @@ UPDATE bisect SET bisect_status = 'processing', owner = %(owner)s, lease_expires
  cancel_requested = 0, current_step = 0, steps_estimate = 0, candidates_left = 0
 WHERE id = %(id)s
 
--- name: update_task_lease
-UPDATE bisect SET lease_expires_ms = %(lease_expires_ms)s WHERE id = %(id)s
+-- name: update_task_leases
+UPDATE bisect SET lease_expires_ms = %(lease_expires_ms)s WHERE id IN %(ids)s
 
 -- name: update_task_requeued
 UPDATE bisect SET bisect_status = 'wait', owner = '', lease_expires_ms = 0, attempts = %(attempts)s,

@@ -432,9 +432,10 @@ class Repository:
             "id": task_id, "owner": owner, "lease_expires_ms": lease_expires_ms,
             "claims": claims, "start_time": start_time, "now": now_s()})
 
-    async def renew_lease(self, task_id: int, lease_expires_ms: int) -> None:
-        await self.db.execute(self._q["update_task_lease"],
-                              {"id": task_id, "lease_expires_ms": lease_expires_ms})
+    async def renew_leases(self, task_ids: Sequence[int], lease_expires_ms: int) -> None:
+        for chunk in _chunks(list(task_ids)):
+            await self.db.execute(self._q["update_task_leases"],
+                                  {"ids": tuple(chunk), "lease_expires_ms": lease_expires_ms})
 
     async def mark_requeued(self, task_id: int, *, attempts: int, retry_count: int,
                             last_error: str | None) -> None:

@@ -302,8 +302,9 @@ class TaskStateWriter:
                 elif task.status is not TaskStatus.PROCESSING:
                     stop.append((task_id, StopReason.LEASE_LOST))
                 else:
-                    await self._repo.renew_lease(task_id, lease)
                     renewed.append(task_id)
+            if renewed:
+                await self._repo.renew_leases(renewed, lease)
             for task_id, reason in stop:
                 log.info("task_stop_requested", task_id=task_id, consumer_id=consumer_id,
                          reason=reason.value)
