@@ -41,6 +41,24 @@ CLAIM_LOOP_EXIT_S = 15.0  # how long an in-flight claim may take once stopping
 SHUTDOWN_FINISH_S = 10.0  # how long final finish calls may retry while shutting down
 
 
+def remove_empty_task_dirs(work_dir: str) -> int:
+    """Empty ``<task>-<claim>`` folders a killed consumer left behind. Only empty ones: a
+    folder with a worktree in it may belong to a live engine (or is swept by the engine)."""
+    removed = 0
+    try:
+        entries = list(os.scandir(work_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            try:
+                os.rmdir(entry.path)
+                removed += 1
+            except OSError:
+                continue
+    return removed
+
+
 @dataclass
 class Running:
     """One task this consumer holds: its claim, its asyncio task, its engine run."""
@@ -98,6 +116,9 @@ class Worker:
         """Serve until stopped or drained; 0 on a clean stop, 1 when a loop died."""
         self.log.info("worker_started", slots=self.settings.slots, testers=self._testers,
                       drain=self.settings.drain)
+        removed = await asyncio.to_thread(remove_empty_task_dirs, self.settings.work_dir)
+        if removed:
+            self.log.info("stale_task_dirs_removed", count=removed)
         claim = self._supervisor.start("claim_loop", self._claim_loop)
         self._supervisor.start("heartbeat_loop", self._heartbeat_loop)
         failed = asyncio.create_task(self._supervisor.failed.wait())

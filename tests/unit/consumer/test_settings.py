@@ -132,3 +132,14 @@ def test_main_help_lists_env() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0
     assert "--drain" in proc.stdout and "BISECT_CONSUMER_SLOTS" in proc.stdout
+
+
+def test_remove_empty_task_dirs(tmp_path: Path) -> None:
+    from consumer.worker import remove_empty_task_dirs
+
+    (tmp_path / "1-1").mkdir()
+    (tmp_path / "2-1" / "bisect-x").mkdir(parents=True)
+    (tmp_path / "note").write_text("x")
+    assert remove_empty_task_dirs(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2-1", "note"]
+    assert remove_empty_task_dirs(str(tmp_path / "missing")) == 0
