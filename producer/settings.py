@@ -49,7 +49,6 @@ class ProducerSettings:
     discovery_pending_horizon_s: int = DEFAULT_PENDING_HORIZON_S
     discovery_tester: str = DEFAULT_TESTER
     instance_id: str = ""
-    public_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerSettings:
@@ -97,5 +96,4 @@ class ProducerSettings:
                                                     DEFAULT_PENDING_HORIZON_S, minimum=0),
             discovery_tester=env.get_str("BISECT_DISCOVERY_TESTER", default_tester),
             instance_id=instance,
-            public_url=env.get_str("BISECT_PUBLIC_URL", f"http://127.0.0.1:{port}"),
         )
