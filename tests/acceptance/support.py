@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common.launcher import ServiceProcess, http_json, wait_http_ok
+from admin.launcher import ServiceProcess, http_json, wait_http_ok
 from common.private_db import free_port
 from consumer.engine.synthetic import SyntheticRepo, make_repo
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.acceptance
 
 
 def _run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "common.admin", "demo", "--commits", "80"],
+    return subprocess.run([sys.executable, "-m", "admin.admin", "demo", "--commits", "80"],
                           env=env, capture_output=True, text=True, timeout=240, check=False)
 
 

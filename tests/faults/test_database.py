@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from common.db import Database
-from common.launcher import http_json
+from admin.launcher import http_json
 from common.private_db import PrivateDatabaseError, PrivateMariaDB
 from common.repository import Repository
 from common.settings import DbUrl

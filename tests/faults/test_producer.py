@@ -48,7 +48,7 @@ class BatchClient(threading.Thread):
                 for i in range(BATCH)]
 
     def run(self) -> None:
-        from common.launcher import http_json
+        from admin.launcher import http_json
 
         while not self.stop.is_set():
             number = self.batch

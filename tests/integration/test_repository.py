@@ -26,7 +26,7 @@ async def test_talks_to_a_real_server(repo: Repository) -> None:
 
 def _admin(url: DbUrl, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BISECT_DB_URL": url_string(url)}
-    return subprocess.run([sys.executable, "-m", "common.admin", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "admin.admin", *args], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -57,7 +57,7 @@ async def test_check_db_reports_and_adds_missing_column(repo: Repository, db_url
 
 
 def test_bad_db_url_names_the_variable() -> None:
-    result = subprocess.run([sys.executable, "-m", "common.admin", "check-db"],
+    result = subprocess.run([sys.executable, "-m", "admin.admin", "check-db"],
                             env={**os.environ, "BISECT_DB_URL": "postgres://x/y"},
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.db import Database
-from common.launcher import ServiceProcess, http_json, wait_http_ok
+from admin.launcher import ServiceProcess, http_json, wait_http_ok
 from common.models import Job, Regression
 from common.private_db import PrivateMariaDB, free_port
 from common.repository import Repository

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
-        from common.demo import main_demo
+        from admin.demo import main_demo
 
         return main_demo(argv[1:])
     args = build_parser().parse_args(argv)
