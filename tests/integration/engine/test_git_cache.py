@@ -173,7 +173,7 @@ async def test_http_redirect_to_another_host_is_not_followed(tmp_path: Path) -> 
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            hits.append(f"{self.server.server_address[1]!r} {self.path}")
+            hits.append(f"{self.server.server_address!r} {self.path}")
             if self.server is first:
                 self.send_response(302)
                 self.send_header("Location", f"http://localhost:{second.server_address[1]}"
@@ -198,7 +198,7 @@ async def test_http_redirect_to_another_host_is_not_followed(tmp_path: Path) -> 
         for server in (first, second):
             server.shutdown()
             server.server_close()
-    assert hits and all(h.startswith(f"{first.server_address[1]!r} ") for h in hits), hits
+    assert hits and all(h.startswith(f"{first.server_address!r} ") for h in hits), hits
 
 
 # ------------------------------------------------------------ a bounded cache
