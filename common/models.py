@@ -9,15 +9,44 @@ from typing import Any
 
 
 class TaskStatus(StrEnum):
+    """compass-ci's four statuses, the only ones bisect-task writes (a cancel is ``failed``
+    with ``end_reason = cancelled``). ``CANCELLED`` is read from rows older versions wrote.
+    Any other value (another service sharing the table, e.g. a newer compass-ci's
+    ``verifying``) reads as a status of its own, shown as it is and never claimed."""
+
     WAIT = "wait"
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    @classmethod
+    def _missing_(cls, value: object) -> TaskStatus | None:
+        if not isinstance(value, str):
+            return None
+        # A pseudo-member: compares, prints and serializes as the stored text.
+        member = str.__new__(cls, value)
+        member._name_ = value.upper()
+        member._value_ = value
+        return member
+
+    @property
+    def known(self) -> bool:
+        return self.value in _KNOWN_STATUSES
+
     @property
     def is_final(self) -> bool:
         return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+_KNOWN_STATUSES = frozenset(member.value for member in TaskStatus)
+
+
+class EndReason(StrEnum):
+    """Why a task ended, beside compass-ci's status (column ``end_reason``)."""
+
+    NONE = ""
+    CANCELLED = "cancelled"
 
 
 class FinishOutcome(StrEnum):
@@ -81,7 +110,12 @@ class Task:
     steps_estimate: int = 0
     candidates_left: int = 0
     progress_ms: int = 0
+    end_reason: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status is TaskStatus.CANCELLED or self.end_reason == EndReason.CANCELLED
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -148,29 +182,35 @@ class StoredVerdict:
 
 
 @dataclass(frozen=True)
-class Job:
-    """A row of compass-ci's jobs table, as far as we read it."""
+class Regression:
+    """A row of compass-ci's ``regression`` table (sbin/manti-table-regression.sql)."""
 
     id: int
-    suite: str | None = None
-    category: str | None = None
-    submit_time: int = 0
-    job_stage: str | None = None
-    job_health: str | None = None
-    job_data_readiness: str | None = None
-    errids: tuple[str, ...] = ()
-    data: dict[str, Any] = field(default_factory=dict)
+    errid: str
+    record_type: str = "errid"
+    category: str = ""
+    first_seen: int = 0
+    last_seen: int = 0
+    metric_name: str = ""
+    value: float = 0.0
+    bisect_count: int = 0
+    valid: str = "false"
+    related_jobs: tuple[str, ...] = ()
+
+    @property
+    def whitelisted(self) -> bool:
+        """compass-ci's rule: ``valid = 'true'``, compared as Manticore compares strings."""
+        return self.valid.lower() == "true"
 
 
 @dataclass(frozen=True)
-class Regression:
+class Culprit:
+    """What a bisection found for an error id in one repository (table ``bisect_culprit``)."""
+
     errid: str
-    record_type: str = "errid"
-    category: str | None = None
-    valid: bool = True
-    first_bad_commit: str | None = None
-    bisect_task_id: int = 0
-    git_url: str | None = None
-    bad_job_id: str | None = None
+    git_url: str
+    first_bad_commit: str
+    bisect_task_id: int
+    bad_job_id: str
+    confidence: float = 0.0
     found_at: int = 0
-    updated_at: int = 0

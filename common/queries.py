@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+from common.compass_job import JOB_COLUMNS
 from common.schema import TABLES
 from common.settings import Dialect
 
@@ -17,6 +18,7 @@ def _expansions() -> dict[str, str]:
         names = ("id", *table.column_names())
         values[f"{table.name}_columns"] = ", ".join(names)
         values[f"{table.name}_values"] = ", ".join(f"%({name})s" for name in names)
+    values["job_read_columns"] = ", ".join(JOB_COLUMNS)
     return values
 
 

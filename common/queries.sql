@@ -8,7 +8,8 @@
 SELECT VERSION() AS version
 
 -- name: server_version [manticore]
-SHOW VARIABLES WHERE Variable_name = 'version'
+-- The core daemon parses this (SHOW VARIABLES WHERE ... needs the Buddy sidecar).
+SELECT VERSION() AS version
 
 -- name: show_tables
 SHOW TABLES
@@ -26,9 +27,11 @@ INSERT INTO bisect ({bisect_columns}) VALUES ({bisect_values})
 -- name: tasks_by_ids
 SELECT {bisect_columns} FROM bisect WHERE id IN %(ids)s ORDER BY id ASC LIMIT 1000
 
--- name: tasks_by_pair
-SELECT {bisect_columns} FROM bisect WHERE bad_job_id = %(bad_job_id)s AND error_key = %(error_key)s
-ORDER BY id ASC LIMIT 100
+-- Every row about these jobs, whoever wrote it (compass-ci's rows have random ids and no
+-- error_key): the writer dedups on the exact (bad_job_id, error_id) in Python.
+-- name: tasks_of_bad_jobs
+SELECT {bisect_columns} FROM bisect WHERE bad_job_id IN %(bad_job_ids)s AND id > %(after)s
+ORDER BY id ASC LIMIT 1000
 
 -- name: task_list
 -- The WHERE clause is assembled from TaskFilter's fixed fragments (values still bound);
@@ -116,49 +119,89 @@ REPLACE INTO bisect_verdict ({bisect_verdict_columns}) VALUES ({bisect_verdict_v
 SELECT {bisect_verdict_columns} FROM bisect_verdict WHERE scope_key = %(scope_key)s AND id > %(after)s
 ORDER BY id ASC LIMIT %(limit)s
 
--- ---------------------------------------------------------------- regression
--- name: regression_page
-SELECT {regression_columns} FROM regression WHERE record_type = 'errid' AND id > %(after)s
+-- ---------------------------------------------------------------- regression (compass-ci's)
+-- compass-ci's whitelist read is `record_type = 'errid' AND valid = 'true'` (string = ignores
+-- case on Manticore; the repository applies the same rule on MariaDB).
+-- name: regression_whitelist_page
+SELECT id, errid, valid FROM regression WHERE record_type = 'errid' AND id > %(after)s
 ORDER BY id ASC LIMIT %(limit)s
 
--- name: regression_by_id
-SELECT {regression_columns} FROM regression WHERE id = %(id)s ORDER BY id ASC LIMIT 1
+-- name: regression_by_errid
+SELECT {regression_columns} FROM regression WHERE record_type = 'errid' AND errid = %(errid)s
+ORDER BY id ASC LIMIT 100
 
 -- name: insert_regression
 INSERT INTO regression ({regression_columns}) VALUES ({regression_values})
 
--- name: update_regression_found
-UPDATE regression SET first_bad_commit = %(first_bad_commit)s, bisect_task_id = %(bisect_task_id)s,
- git_url = %(git_url)s, bad_job_id = %(bad_job_id)s, found_at = %(found_at)s, updated_at = %(updated_at)s
-WHERE id = %(id)s
+-- The table is columnar: UPDATE cannot change its counters, so the whole row is rewritten.
+-- name: replace_regression
+REPLACE INTO regression ({regression_columns}) VALUES ({regression_values})
+
+-- ---------------------------------------------------------------- culprits (bisect-task's)
+-- name: replace_culprit
+REPLACE INTO bisect_culprit ({bisect_culprit_columns}) VALUES ({bisect_culprit_values})
+
+-- name: culprits_by_errid_key
+SELECT {bisect_culprit_columns} FROM bisect_culprit WHERE errid_key = %(errid_key)s
+ORDER BY id ASC LIMIT 1000
 
 -- ---------------------------------------------------------------- jobs (compass-ci's)
+-- compass-ci's scheduler owns this table: nothing here writes it except `insert_job`, which
+-- development, tests and the demo use to stand in for the scheduler.
 -- name: insert_job
 INSERT INTO jobs ({jobs_columns}) VALUES ({jobs_values})
 
+-- name: replace_job
+REPLACE INTO jobs ({jobs_columns}) VALUES ({jobs_values})
+
 -- name: job_by_id
-SELECT {jobs_columns} FROM jobs WHERE id = %(id)s ORDER BY id ASC LIMIT 1
+SELECT {job_read_columns} FROM jobs WHERE id = %(id)s ORDER BY id ASC LIMIT 1
 
 -- name: jobs_by_ids
-SELECT {jobs_columns} FROM jobs WHERE id IN %(ids)s ORDER BY id ASC LIMIT 1000
+SELECT {job_read_columns} FROM jobs WHERE id IN %(ids)s ORDER BY id ASC LIMIT 1000
 
--- name: failed_jobs_after
-SELECT {jobs_columns} FROM jobs WHERE id > %(after)s AND job_stage = 'finish' AND job_health != 'success'
- AND errid != '' ORDER BY id ASC LIMIT %(limit)s
+-- Discovery: finished jobs (istage 9) with complete data (idata_readiness 3) whose health is
+-- one the site bisects, that carry error ids and a repository, and that no bisection submitted.
+-- name: discovery_jobs_after [manticore]
+SELECT {job_read_columns} FROM jobs
+WHERE MATCH(%(match)s) AND id > %(after)s AND istage = 9 AND idata_readiness = 3
+ AND ihealth IN %(healths)s AND j.errid IS NOT NULL AND j.bad_job_id IS NULL
+ AND (j.program.makepkg._url IS NOT NULL OR j.ss IS NOT NULL OR j.upstream_url IS NOT NULL)
+ORDER BY id ASC LIMIT %(limit)s
 
--- name: first_unfinished_job_after
+-- name: discovery_jobs_after [mysql]
+SELECT {job_read_columns} FROM jobs
+WHERE id > %(after)s AND istage = 9 AND idata_readiness = 3 AND ihealth IN %(healths)s
+ AND JSON_EXTRACT(j, '$.errid') IS NOT NULL AND JSON_EXTRACT(j, '$.bad_job_id') IS NULL
+ AND (JSON_EXTRACT(j, '$.program.makepkg._url') IS NOT NULL OR JSON_EXTRACT(j, '$.ss') IS NOT NULL
+      OR JSON_EXTRACT(j, '$.upstream_url') IS NOT NULL)
+ORDER BY id ASC LIMIT %(limit)s
+
+-- The first job whose final row is not written yet (still running, or stats not in).
+-- name: first_unsettled_job_after
 SELECT id FROM jobs WHERE id > %(after)s AND submit_time >= %(horizon)s
- AND job_stage NOT IN ('finish', 'cancel', 'abort_invalid', 'abort_wait', 'abort_provider')
+ AND (istage < 9 OR idata_readiness < 3)
 ORDER BY id ASC LIMIT 1
 
--- name: finished_jobs_at_commit [mysql]
-SELECT {jobs_columns} FROM jobs WHERE suite = %(suite)s AND job_stage = 'finish'
- AND JSON_UNQUOTE(JSON_EXTRACT(j, '$.upstream_commit')) = %(commit)s
+-- Reuse: finished jobs of the suite that tested a commit (the caller compares the rest).
+-- name: finished_jobs_at_token [manticore]
+SELECT {job_read_columns} FROM jobs WHERE MATCH(%(match)s) AND suite = %(suite)s AND istage = 9
+ AND idata_readiness = 3
 ORDER BY id DESC LIMIT 100
 
--- name: finished_jobs_at_commit [manticore]
-SELECT {jobs_columns} FROM jobs WHERE suite = %(suite)s AND job_stage = 'finish'
+-- name: finished_jobs_at_makepkg_commit [manticore]
+SELECT {job_read_columns} FROM jobs WHERE suite = %(suite)s AND istage = 9 AND idata_readiness = 3
+ AND j.program.makepkg.commit = %(commit)s
+ORDER BY id DESC LIMIT 100
+
+-- name: finished_jobs_at_upstream_commit [manticore]
+SELECT {job_read_columns} FROM jobs WHERE suite = %(suite)s AND istage = 9 AND idata_readiness = 3
  AND j.upstream_commit = %(commit)s
+ORDER BY id DESC LIMIT 100
+
+-- name: finished_jobs_at_path [mysql]
+SELECT {job_read_columns} FROM jobs WHERE suite = %(suite)s AND istage = 9 AND idata_readiness = 3
+ AND JSON_UNQUOTE(JSON_EXTRACT(j, %(path)s)) = %(commit)s
 ORDER BY id DESC LIMIT 100
 
 -- name: max_job_id

@@ -10,10 +10,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from common import ids
+from common.compass_job import CompassJob, Source
 from common.db import Database
 from common.errors import SchemaError
 from common.models import (
-    Job,
+    Culprit,
     NewTask,
     Regression,
     Step,
@@ -89,7 +90,7 @@ def task_from_row(row: dict[str, Any]) -> Task:
         id=int(row["id"]),
         bad_job_id=_text(row["bad_job_id"]),
         error_id=_text(row["error_id"]),
-        status=TaskStatus(_text(row["bisect_status"]).lower() or "wait"),
+        status=TaskStatus(_text(row["bisect_status"]) or "wait"),
         priority=_i(row["priority_level"]),
         git_url=_opt_s(row["git_url"]),
         project=_opt_s(row["project"]),
@@ -124,6 +125,7 @@ def task_from_row(row: dict[str, Any]) -> Task:
         steps_estimate=_i(row["steps_estimate"]),
         candidates_left=_i(row["candidates_left"]),
         progress_ms=_i(row["progress_ms"]),
+        end_reason=_text(row["end_reason"]),
         extra=_json_load(row["j"]),
     )
 
@@ -176,6 +178,8 @@ def new_task_row(task_id: int, new: NewTask, now: int, now_milli: int) -> dict[s
         "steps_estimate": 0,
         "candidates_left": 0,
         "progress_ms": 0,
+        "bisect_metrics": "",
+        "end_reason": "",
     }
 
 
@@ -214,36 +218,61 @@ def verdict_from_row(row: dict[str, Any]) -> StoredVerdict:
     )
 
 
-def job_from_row(row: dict[str, Any]) -> Job:
-    return Job(
-        id=int(row["id"]),
-        suite=_opt_s(row["suite"]),
-        category=_opt_s(row["category"]),
-        submit_time=_i(row["submit_time"]),
-        job_stage=_opt_s(row["job_stage"]),
-        job_health=_opt_s(row["job_health"]),
-        job_data_readiness=_opt_s(row["job_data_readiness"]),
-        errids=tuple(_text(row["errid"]).split()),
-        data=_json_load(row["j"]),
-    )
-
-
-_TRUE_WORDS = frozenset({"true", "1", "yes", "valid", "y"})
-
-
 def regression_from_row(row: dict[str, Any]) -> Regression:
+    related = row.get("related_jobs")
+    loaded: Any = related
+    if isinstance(related, (str, bytes)) and related:
+        try:
+            loaded = json.loads(related)
+        except ValueError:
+            loaded = []
+    jobs = tuple(str(j) for j in loaded) if isinstance(loaded, list) else ()
     return Regression(
+        id=int(row["id"]),
         errid=_text(row["errid"]),
         record_type=_text(row["record_type"]),
-        category=_opt_s(row["category"]),
-        valid=_text(row["valid"]).strip().lower() in _TRUE_WORDS,
-        first_bad_commit=_opt_s(row["first_bad_commit"]),
-        bisect_task_id=_i(row["bisect_task_id"]),
-        git_url=_opt_s(row["git_url"]),
-        bad_job_id=_opt_s(row["bad_job_id"]),
-        found_at=_i(row["found_at"]),
-        updated_at=_i(row["updated_at"]),
+        category=_text(row["category"]),
+        first_seen=_i(row["first_seen"]),
+        last_seen=_i(row["last_seen"]),
+        metric_name=_text(row["metric_name"]),
+        value=float(row["value"] or 0.0),
+        bisect_count=_i(row["bisect_count"]),
+        valid=_text(row["valid"]),
+        related_jobs=jobs,
     )
+
+
+def regression_row(record: Regression) -> dict[str, Any]:
+    return {
+        "id": record.id, "record_type": record.record_type, "errid": record.errid,
+        "category": record.category, "first_seen": record.first_seen,
+        "last_seen": record.last_seen, "metric_name": record.metric_name,
+        "value": record.value, "bisect_count": record.bisect_count, "valid": record.valid,
+        "related_jobs": json.dumps(list(record.related_jobs)),
+    }
+
+
+def culprit_from_row(row: dict[str, Any]) -> Culprit:
+    return Culprit(
+        errid=_text(row["errid"]), git_url=_text(row["git_url"]),
+        first_bad_commit=_text(row["first_bad_commit"]),
+        bisect_task_id=_i(row["bisect_task_id"]), bad_job_id=_text(row["bad_job_id"]),
+        confidence=round(float(row["confidence"] or 0.0), 4), found_at=_i(row["found_at"]),
+    )
+
+
+# The most related job ids a regression row keeps (newest last): the row is rewritten whole on
+# every update, so it must stay small.
+MAX_RELATED_JOBS = 100
+
+
+# Manticore's full-text query operators (manual: Searching/Full_text_matching/Escaping).
+_MATCH_SPECIAL = frozenset('!"$\'()-/<@\\^|~')
+
+
+def manticore_escape(token: str) -> str:
+    """A literal token for ``MATCH()``: every query operator backslash-escaped."""
+    return "".join("\\" + ch if ch in _MATCH_SPECIAL else ch for ch in token)
 
 
 def _chunks(items: Sequence[Any], size: int = PAGE_LIMIT) -> Iterable[Sequence[Any]]:
@@ -317,17 +346,21 @@ class Repository:
         return {_text(row.get("Field") or next(iter(row.values()))) for row in rows}
 
     async def create_missing_tables(self) -> list[str]:
-        """Create every table that is missing; returns their names. Safe to run twice."""
+        """Create every table that is missing (compass-ci's with compass-ci's DDL) and add
+        bisect-task's columns to a ``bisect`` table compass-ci created; returns what it did.
+        Never alters compass-ci's ``jobs`` or ``regression``. Safe to run twice."""
         present = await self.existing_tables()
         created = []
         for table in TABLES:
             if table.name not in present:
                 await self.db.execute(create_table_ddl(self.dialect, table))
                 created.append(table.name)
+        created.extend(await self.add_missing_columns())
         return created
 
     async def check_schema(self) -> dict[str, list[str]]:
-        """Missing tables (key ``""``) and missing columns per table."""
+        """Missing tables (key ``""``) and missing columns per table. For compass-ci's
+        tables only the columns bisect-task reads count."""
         present = await self.existing_tables()
         report: dict[str, list[str]] = {"": [t.name for t in TABLES if t.name not in present]}
         for table in TABLES:
@@ -369,6 +402,22 @@ class Repository:
                 task = task_from_row(row)
                 found[task.id] = task
         return found
+
+    async def tasks_of_bad_jobs(self, bad_job_ids: Sequence[str]) -> list[Task]:
+        """Every task row about these jobs, whoever wrote it (compass-ci's rows included)."""
+        wanted = sorted({job_id for job_id in bad_job_ids if job_id})
+        found: list[Task] = []
+        for chunk in _chunks(wanted):
+            after = 0
+            while True:
+                rows = await self.db.fetch(self._q["tasks_of_bad_jobs"],
+                                           {"bad_job_ids": tuple(chunk), "after": after})
+                found.extend(task_from_row(row) for row in rows)
+                if len(rows) < PAGE_LIMIT:
+                    break
+                after = int(rows[-1]["id"])
+        # Manticore's string ``=`` ignores case: keep exact matches only.
+        return [task for task in found if task.bad_job_id in wanted]
 
     async def get_task(self, task_id: int) -> Task | None:
         return (await self.tasks_by_ids([task_id])).get(task_id)
@@ -542,92 +591,136 @@ class Repository:
 
     # ------------------------------------------------------------------ regression
     async def regression_whitelist(self) -> set[str]:
-        """Error ids the regression table marks as worth bisecting (exact strings)."""
+        """Error ids compass-ci's regression table marks worth bisecting (exact strings):
+        ``record_type = 'errid' AND valid = 'true'``, as compass-ci reads it."""
         allowed: set[str] = set()
         after = 0
         while True:
-            rows = await self.db.fetch(self._q["regression_page"],
+            rows = await self.db.fetch(self._q["regression_whitelist_page"],
                                        {"after": after, "limit": PAGE_LIMIT})
             for row in rows:
-                record = regression_from_row(row)
-                if record.valid and record.record_type == "errid":
-                    allowed.add(record.errid)
+                if _text(row["valid"]).lower() == "true" and _text(row["errid"]):
+                    allowed.add(_text(row["errid"]))
             if len(rows) < PAGE_LIMIT:
                 return allowed
             after = int(rows[-1]["id"])
 
-    async def get_regression(self, errid: str) -> Regression | None:
-        row = await self.db.fetch_one(self._q["regression_by_id"],
-                                      {"id": ids.regression_id(errid)})
-        if row is None:
-            return None
-        record = regression_from_row(row)
-        return record if record.errid == errid else None
+    async def regressions_of(self, errid: str) -> list[Regression]:
+        """compass-ci's rows for exactly this error id (Manticore's ``=`` ignores case)."""
+        rows = await self.db.fetch(self._q["regression_by_errid"], {"errid": errid})
+        records = [regression_from_row(row) for row in rows]
+        return [r for r in records if r.errid == errid and r.record_type == "errid"]
 
-    async def upsert_regression(self, record: Regression) -> None:
-        """Insert the row for an error id, or fill in what a bisection found."""
-        existing = await self.get_regression(record.errid)
+    async def record_regression(self, errid: str, *, bad_job_id: str, category: str,
+                                whitelist_new: bool) -> Regression:
+        """Count a bisection of ``errid`` in compass-ci's regression table.
+
+        An existing row keeps its id, ``valid`` and ``first_seen``; ``bisect_count``,
+        ``last_seen`` and ``related_jobs`` change through REPLACE (the table is columnar, so
+        UPDATE cannot change them). A new row is ``valid='true'`` only when ``whitelist_new``
+        (an error id discovered from compass-ci jobs)."""
         now = now_s()
-        values = {
-            "id": ids.regression_id(record.errid),
-            "first_bad_commit": _s(record.first_bad_commit),
-            "bisect_task_id": record.bisect_task_id, "git_url": _s(record.git_url),
-            "bad_job_id": _s(record.bad_job_id), "found_at": record.found_at,
-            "updated_at": now,
-        }
-        if existing is not None:
-            await self.db.execute(self._q["update_regression_found"], values)
-            return
-        values.update({
-            "record_type": record.record_type, "errid": record.errid,
-            "errid_key": ids.text_key(record.errid), "category": _s(record.category),
-            "valid": "true" if record.valid else "false", "j": _json_dump({}),
-        })
-        await self.db.execute(self._q["insert_regression"], values)
+        existing = await self.regressions_of(errid)
+        if existing:
+            # Several rows (written by hand or by older services): the whitelisted one counts.
+            current = max(existing, key=lambda r: (r.whitelisted, r.bisect_count, -r.id))
+            related = tuple(j for j in current.related_jobs if j != bad_job_id)
+            record = Regression(
+                id=current.id, errid=current.errid, record_type=current.record_type,
+                category=current.category or category, first_seen=current.first_seen or now,
+                last_seen=now, metric_name=current.metric_name, value=current.value,
+                bisect_count=current.bisect_count + 1, valid=current.valid,
+                related_jobs=(*related, bad_job_id)[-MAX_RELATED_JOBS:])
+            await self.db.execute(self._q["replace_regression"], regression_row(record))
+            return record
+        record = Regression(
+            id=ids.regression_id(errid), errid=errid, category=category, first_seen=now,
+            last_seen=now, bisect_count=1, valid="true" if whitelist_new else "false",
+            related_jobs=(bad_job_id,))
+        await self.db.execute(self._q["replace_regression"], regression_row(record))
+        return record
 
-    # ------------------------------------------------------------------ jobs
-    async def insert_jobs(self, jobs: Sequence[Job]) -> None:
-        """Development, tests and demo only: compass-ci writes this table in production."""
-        rows = [{
-            "id": job.id, "suite": _s(job.suite), "category": _s(job.category),
-            "submit_time": job.submit_time, "my_account": "", "tbox_group": "",
-            "os": "", "os_arch": "", "job_stage": _s(job.job_stage),
-            "job_health": _s(job.job_health),
-            "job_data_readiness": _s(job.job_data_readiness),
-            "errid": " ".join(job.errids), "j": _json_dump(job.data),
-        } for job in jobs]
-        for chunk in _chunks(rows, 500):
-            await self.db.execute_many(self._q["insert_job"], list(chunk))
+    async def insert_regression(self, record: Regression) -> None:
+        """A row as compass-ci (or a person) writes it: tests, the demo, the benches."""
+        await self.db.execute(self._q["insert_regression"], regression_row(record))
 
-    async def get_job(self, job_id: int) -> Job | None:
+    async def record_culprit(self, culprit: Culprit) -> None:
+        """bisect-task's own record: one row per (error id, repository), rewritten by the
+        latest bisection of that pair."""
+        await self.db.execute(self._q["replace_culprit"], {
+            "id": ids.stable_id("culprit", culprit.errid, culprit.git_url),
+            "errid": culprit.errid, "errid_key": ids.text_key(culprit.errid),
+            "git_url": culprit.git_url, "first_bad_commit": culprit.first_bad_commit,
+            "bisect_task_id": culprit.bisect_task_id, "bad_job_id": culprit.bad_job_id,
+            "confidence": float(culprit.confidence), "found_at": culprit.found_at or now_s(),
+            "updated_at": now_s()})
+
+    async def culprits_of(self, errid: str) -> list[Culprit]:
+        rows = await self.db.fetch(self._q["culprits_by_errid_key"],
+                                   {"errid_key": ids.text_key(errid)})
+        return [c for c in map(culprit_from_row, rows) if c.errid == errid]
+
+    # ------------------------------------------------------------------ jobs (compass-ci's)
+    async def insert_job_rows(self, rows: Sequence[dict[str, Any]], *,
+                              replace: bool = False) -> None:
+        """Stand in for compass-ci's scheduler (development, tests, the demo): rows as
+        :func:`common.compass_job.job_row` builds them."""
+        statement = self._q["replace_job" if replace else "insert_job"]
+        for chunk in _chunks(list(rows), 500):
+            await self.db.execute_many(statement, list(chunk))
+
+    async def get_job(self, job_id: int) -> CompassJob | None:
         row = await self.db.fetch_one(self._q["job_by_id"], {"id": job_id})
-        return job_from_row(row) if row else None
+        return CompassJob.from_row(row) if row else None
 
-    async def jobs_by_ids(self, job_ids: Sequence[int]) -> dict[int, Job]:
-        found: dict[int, Job] = {}
+    async def jobs_by_ids(self, job_ids: Sequence[int]) -> dict[int, CompassJob]:
+        found: dict[int, CompassJob] = {}
         for chunk in _chunks(sorted(set(job_ids))):
             for row in await self.db.fetch(self._q["jobs_by_ids"], {"ids": tuple(chunk)}):
-                job = job_from_row(row)
+                job = CompassJob.from_row(row)
                 found[job.id] = job
         return found
 
-    async def failed_jobs_after(self, after: int, limit: int) -> list[Job]:
-        rows = await self.db.fetch(self._q["failed_jobs_after"],
-                                   {"after": after, "limit": min(limit, PAGE_LIMIT)})
-        return [job_from_row(row) for row in rows]
+    async def discovery_jobs_after(self, after: int, limit: int,
+                                   healths: Sequence[tuple[str, int]]) -> list[CompassJob]:
+        """Finished jobs with complete data and one of ``healths`` ((name, code) pairs), with
+        error ids and a repository, not submitted by a bisection; by id, above ``after``."""
+        if not healths:
+            return []
+        words = " | ".join(f"job_health={name}" for name, _ in healths)
+        rows = await self.db.fetch(self._q["discovery_jobs_after"], {
+            "after": after, "limit": min(limit, PAGE_LIMIT),
+            "healths": tuple(code for _, code in healths),
+            # compass-ci's own tokens (§3): names are checked against its code table.
+            "match": f"@full_text_kv job_stage=finish ({words})"})
+        return [CompassJob.from_row(row) for row in rows]
 
-    async def first_unfinished_job_after(self, after: int, horizon_s: int) -> int | None:
-        row = await self.db.fetch_one(self._q["first_unfinished_job_after"],
+    async def first_unsettled_job_after(self, after: int, horizon_s: int) -> int | None:
+        row = await self.db.fetch_one(self._q["first_unsettled_job_after"],
                                       {"after": after, "horizon": horizon_s})
         return int(row["id"]) if row else None
 
-    async def finished_jobs_at_commit(self, suite: str, commit: str) -> list[Job]:
-        """Finished jobs of a suite that tested ``commit`` (newest first, at most 100);
-        callers compare the remaining parameters in Python."""
-        rows = await self.db.fetch(self._q["finished_jobs_at_commit"],
-                                   {"suite": suite, "commit": commit})
-        jobs = [job_from_row(row) for row in rows]
-        return [job for job in jobs if job.data.get("upstream_commit") == commit]
+    async def finished_jobs_at_commit(self, suite: str, source: Source,
+                                      commit: str) -> list[CompassJob]:
+        """Finished jobs of ``suite`` with complete data that tested ``commit`` where
+        ``source`` selects it (newest first, at most 100); the caller compares the rest."""
+        params: dict[str, Any] = {"suite": suite, "commit": commit}
+        if self.dialect is Dialect.MANTICORE:
+            path = source.mirrors[0] if source.mirrors else source.commit_path
+            if path[0] in ("pp", "ss"):
+                token = f"{path[0]}.{path[1]}.{path[2]}={commit}"
+                params["match"] = "@full_text_kv " + manticore_escape(token)
+                sql = self._q["finished_jobs_at_token"]
+            elif path == ("program", "makepkg", "commit"):
+                sql = self._q["finished_jobs_at_makepkg_commit"]
+            else:
+                sql = self._q["finished_jobs_at_upstream_commit"]
+        else:
+            params["path"] = "$" + "".join(f'."{key}"' for key in source.commit_path)
+            sql = self._q["finished_jobs_at_path"]
+        jobs = [CompassJob.from_row(row) for row in await self.db.fetch(sql, params)]
+        return [job for job in jobs if job.suite == suite and job.source is not None
+                and job.source.commit_path == source.commit_path and job.commit == commit]
 
     async def max_job_id(self) -> int:
         row = await self.db.fetch_one(self._q["max_job_id"])

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from common.errors import DatabaseUnavailable
-from common.models import Regression, Step, StoredVerdict, Verdict
+from common.models import Culprit, Step, StoredVerdict, Verdict
 from common.repository import Repository, now_ms, now_s
 from consumer.health import Metrics
 
@@ -242,23 +242,36 @@ class Recorder:
         self.log.info("engine_result", status=status,
                       first_bad_commit=event.get("first_bad_commit"))
 
-    async def record_regression(self, git_url: str | None) -> None:
-        """The regression row for a found culprit (inserted, or updated when it exists)."""
-        if self.result is None or self.result.get("status") != "found":
+    async def record_regression(self, git_url: str | None, *, compass_job: bool = False,
+                                discovered: bool = False, category: str = "") -> None:
+        """Record a found culprit: bisect-task's culprit row for (error id, repository), and,
+        for a compass-ci job only, compass-ci's regression row for the error id (counted; a
+        new row is whitelisted only for an error id discovered from compass-ci's jobs)."""
+        if self.result is None or self.result.get("status") != "found" or not git_url:
             return
-        record = Regression(
-            errid=self.scope.error_id, first_bad_commit=str(self.result["first_bad_commit"]),
-            bisect_task_id=self.scope.task_id, git_url=git_url,
-            bad_job_id=self.scope.bad_job_id or None, found_at=now_s())
+        culprit = Culprit(
+            errid=self.scope.error_id, git_url=git_url,
+            first_bad_commit=str(self.result["first_bad_commit"]),
+            bisect_task_id=self.scope.task_id, bad_job_id=self.scope.bad_job_id or "",
+            confidence=float(self.result.get("confidence") or 0.0), found_at=now_s())
+
+        async def write() -> None:
+            await self.repo.record_culprit(culprit)
+            if compass_job:
+                await self.repo.record_regression(
+                    culprit.errid, bad_job_id=culprit.bad_job_id, category=category,
+                    whitelist_new=discovered)
+
         # The culprit is the point of the whole run: wait a while for the database rather
         # than lose it, and catch up on the steps that could not be written meanwhile.
         deadline = time.monotonic() + FINAL_WRITE_RETRY_S
         delay = 0.5
         while True:
             await self.flush()
-            if await self._guard("regression", self.repo.upsert_regression(record)):
-                self.log.info("regression_recorded", errid=record.errid,
-                              first_bad_commit=record.first_bad_commit)
+            if await self._guard("regression", write()):
+                self.log.info("regression_recorded", errid=culprit.errid,
+                              first_bad_commit=culprit.first_bad_commit,
+                              compass_job=compass_job)
                 return
             if not self._last_unavailable or time.monotonic() + delay > deadline:
                 return

@@ -28,6 +28,9 @@ class ProducerMetrics:
                                         registry=self.registry)
         self.discovery_jobs = Counter("bisect_discovery_failed_jobs_total",
                                       "Failed jobs read by discovery", registry=self.registry)
+        self.discovery_skipped = Counter("bisect_discovery_skipped_jobs_total",
+                                         "Failed jobs that can never become a task, by reason",
+                                         ["reason"], registry=self.registry)
         self.discovery_seconds = Histogram("bisect_discovery_cycle_seconds",
                                            "Duration of a discovery cycle",
                                            registry=self.registry)

@@ -2,47 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
 
+from common.compass_job import CompassJob
 from common.errors import ValidationError
-from common.models import Job, NewTask
+from common.models import NewTask
 from common.repository import Repository
 from producer.validation import SubmitRequest
 
+MAX_KEY_LEN = 255  # the longest value a key column holds (VARCHAR(255) on MariaDB)
+MAX_URL_LEN = 2048
+# A commit a job names: what git accepts as a revision, nothing an option parser would take.
+_COMMIT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./^~@{}-]{0,254}$")
 
-def _project_of(git_url: str | None, job_data: dict[str, Any]) -> str | None:
-    repo = job_data.get("upstream_repo")
-    if isinstance(repo, str) and repo:
-        return repo
+
+def _project_of(git_url: str | None, package: str | None = None) -> str | None:
+    if package:
+        return package
     if not git_url:
         return None
     tail = git_url.rstrip("/").rsplit("/", 1)[-1]
     return tail.removesuffix(".git") or None
 
 
-def _job_str(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return value if isinstance(value, str) and value else None
+def _fit(field: str, value: str | None, limit: int = MAX_KEY_LEN) -> str | None:
+    if value is not None and (len(value) > limit or any(ord(ch) < 32 for ch in value)):
+        raise ValidationError(field, f"is {len(value)} characters or holds control characters "
+                                     f"(at most {limit} printable characters fit)")
+    return value
 
 
-def new_task_from_job(job: Job, error_id: str, *, tester: str, source: str,
+def new_task_from_job(job: CompassJob, error_id: str, *, tester: str, source: str,
                       priority: int = 0, good_commit: str | None = None,
                       timeout: int | None = None) -> NewTask:
-    git_url = _job_str(job.data, "upstream_url")
+    """The task that bisects ``error_id`` of a compass-ci job. Raises ValidationError naming
+    what makes the job unfit (no repository, no commit, a value too long to store)."""
+    where = job.source
+    if where is None:
+        raise ValidationError("bad_job_id", f"job {job.id} names no repository "
+                              "(no program.makepkg._url, ss.<pkg>._url or upstream_url)")
+    if not where.commit or not _COMMIT.match(where.commit):
+        raise ValidationError("bad_job_id", f"job {job.id} names no usable commit at "
+                              f"{where.commit_key}")
+    _fit("error_id", error_id, 8192)
     return NewTask(
         bad_job_id=str(job.id),
         error_id=error_id,
         priority=priority,
-        git_url=git_url,
-        project=_project_of(git_url, job.data),
-        suite=job.suite,
+        git_url=_fit("git_url", where.git_url, MAX_URL_LEN),
+        project=_fit("project", _project_of(where.git_url, where.package)),
+        suite=_fit("suite", job.suite or None),
         tester=tester,
         source=source,
-        known_bad_commit=_job_str(job.data, "upstream_commit"),
+        known_bad_commit=where.commit,
         good_commit=good_commit,
         timeout=timeout,
-        extra={"bad_result_root": _job_str(job.data, "result_root") or "",
-               "branch": _job_str(job.data, "upstream_branch") or ""},
+        extra={"bad_result_root": _fit("result_root", job.result_root or "", MAX_URL_LEN),
+               "commit_key": where.commit_key, "compass_job": True,
+               "discovered": source == "discovery", "category": job.category},
     )
 
 
@@ -77,21 +94,25 @@ async def new_tasks_from_requests(requests: list[SubmitRequest], repo: Repositor
     return out
 
 
-def new_task_with_job(request: SubmitRequest, job: Job | None, default_tester: str) -> NewTask:
+def new_task_with_job(request: SubmitRequest, job: CompassJob | None,
+                      default_tester: str) -> NewTask:
+    """A task from an API request: the bad job's repository and commit unless the request
+    names them. A request that names another repository is a task outside compass-ci."""
     tester = request.tester or default_tester
+    from_job: NewTask | None = None
     if job is not None:
-        task = new_task_from_job(job, request.error_id, tester=tester, source="api",
-                                 priority=request.priority, good_commit=request.good_commit,
-                                 timeout=request.timeout)
-        if request.repo_url or request.bad_commit:
-            git_url = request.repo_url or task.git_url
-            task = NewTask(**{**task.__dict__, "git_url": git_url,
-                              "project": _project_of(git_url, {}),
-                              "known_bad_commit": request.bad_commit or task.known_bad_commit})
-        if not task.git_url or not task.known_bad_commit:
-            raise ValidationError("bad_job_id", "the job has no upstream_url/upstream_commit; "
-                                                "give repo_url and bad_commit")
-        return task
+        try:
+            from_job = new_task_from_job(job, request.error_id, tester=tester, source="api",
+                                         priority=request.priority,
+                                         good_commit=request.good_commit,
+                                         timeout=request.timeout)
+        except ValidationError:
+            if not (request.repo_url and request.bad_commit):
+                raise
+    if from_job is not None and (request.repo_url or from_job.git_url) == from_job.git_url:
+        if request.bad_commit:
+            return NewTask(**{**from_job.__dict__, "known_bad_commit": request.bad_commit})
+        return from_job
     if not request.repo_url or not request.bad_commit:
         raise ValidationError("bad_job_id", "no job with this id in the jobs table; tasks "
                                             "outside compass-ci need repo_url and bad_commit")
@@ -100,7 +121,8 @@ def new_task_with_job(request: SubmitRequest, job: Job | None, default_tester: s
         error_id=request.error_id,
         priority=request.priority,
         git_url=request.repo_url,
-        project=_project_of(request.repo_url, {}),
+        project=_project_of(request.repo_url),
+        suite=job.suite or None if job is not None else None,
         tester=tester,
         source="api",
         known_bad_commit=request.bad_commit,

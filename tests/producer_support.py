@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from common.models import Job
+from common.compass_job import job_row
+from common.ids import stable_id
+from common.models import Regression
+from common.repository import Repository
 from common.settings import DbUrl
 from producer.app import create_app
 from producer.settings import ProducerSettings
@@ -43,11 +46,45 @@ async def running_producer(settings: ProducerSettings) -> AsyncIterator[TestClie
         await client.close()
 
 
-def failed_job(job_id: int, errids: str, *, suite: str = "pkgbuild", stage: str = "finish",
-               health: str = "fail", repo: str = "https://git.example/proj.git",
-               commit: str = "c0ffee", submit_time: int = 0) -> Job:
-    return Job(id=job_id, suite=suite, category="build", submit_time=submit_time or 1_900_000_000,
-               job_stage=stage, job_health=health, job_data_readiness="complete",
-               errids=tuple(errids.split()),
-               data={"upstream_url": repo, "upstream_commit": commit, "upstream_repo": "proj",
-                     "result_root": f"/result/{job_id}"})
+def failed_job(job_id: int, errids: str, *, suite: str = "makepkg", stage: str = "finish",
+               health: str = "abort", readiness: str | None = None,
+               repo: str = "https://git.example/proj.git", commit: str = "c0ffee",
+               submit_time: int = 0) -> dict[str, Any]:
+    """A compass-ci build job's row as compass-ci's scheduler writes it (compact layout)."""
+    return compass_job_row(job_id, errids, suite=suite, stage=stage, health=health,
+                           readiness=readiness, repo=repo, commit=commit,
+                           submit_time=submit_time)
+
+
+def compass_job_row(job_id: int, errids: str, *, suite: str = "makepkg", stage: str = "finish",
+                    health: str = "abort", readiness: str | None = None,
+                    repo: str = "https://git.example/proj.git", commit: str = "c0ffee",
+                    submit_time: int = 0, extra: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    if readiness is None:
+        readiness = "complete" if stage == "finish" else ("norun" if stage in (
+            "cancel", "abort_invalid", "abort_wait", "abort_provider") else "N/A")
+    project = repo.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    params = {"_url": repo, "commit": commit, "project": project}
+    doc: dict[str, Any] = {
+        "suite": suite, "category": "functional", "my_account": "cci-user", "testbox": "dc",
+        "arch": "aarch64", "osv": "openeuler@24.03", "tbox_group": "dc", "os": "openeuler",
+        "os_version": "24.03", "os_arch": "aarch64", "program": {"makepkg": dict(params)},
+        "pp": {"makepkg": {k: v for k, v in params.items() if k != "_url"}},
+        "result_root": f"/result/{suite}/2025-09-25/dc/openeuler-24.03-aarch64/{job_id}",
+        **(extra or {}),
+    }
+    errid_list = tuple(errids.split())
+    return job_row(job_id, doc, stage=stage, health=health, readiness=readiness,
+                   errids=errid_list if readiness != "N/A" else (),
+                   submit_time=submit_time or 1_900_000_000,
+                   stats={e: 1 for e in errid_list})
+
+
+async def whitelist(repo: Repository, errids: Iterable[str], *, valid: str = "true") -> None:
+    """Rows of compass-ci's regression table, as a person or compass-ci writes them."""
+    for errid in errids:
+        await repo.insert_regression(Regression(
+            id=stable_id("compass-regression", errid, valid), errid=errid,
+            category="functional", first_seen=1_700_000_000, last_seen=1_700_000_000,
+            valid=valid))

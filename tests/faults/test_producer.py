@@ -154,7 +154,7 @@ async def test_producer_killed_during_discovery_creates_every_task_once(
         await repo.upsert_regression(Regression(errid=errid, category="build"))
     await repo.upsert_regression(Regression(errid="not.valid.anymore", valid=False))
     jobs, expected = _seed_jobs(random.Random(11))
-    await repo.insert_jobs(jobs)
+    await repo.insert_job_rows(jobs)
     discovery = {"BISECT_DISCOVERY": "true", "BISECT_DISCOVERY_INTERVAL_S": "0.5",
                  "BISECT_DISCOVERY_BATCH_SIZE": "50", "BISECT_DISCOVERY_PAGE_SIZE": "500"}
 

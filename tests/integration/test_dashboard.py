@@ -48,7 +48,7 @@ async def _claim(client: TestClient[Any, Any]) -> dict[str, Any]:
 
 async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
     """Three tasks: one completed with a four-step timeline, one running, one waiting."""
-    await repo.insert_jobs([failed_job(42, ERR, commit=sha("bad"))])
+    await repo.insert_job_rows([failed_job(42, ERR, commit=sha("bad"))])
     submits = [
         {"bad_job_id": 42, "error_id": ERR, "priority": 900, "good_commit": sha("good")},
         {"bad_job_id": "ext-7", "error_id": EVIL_ERR, "priority": 800,
