@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,9 @@ class ClaimedTask:
     tester: str | None = None
     timeout: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The claim's secret, presented with every heartbeat and finish of this task. Kept out of
+    # repr so no log line or traceback ever shows it.
+    lease: str = field(default="", repr=False)
 
     @classmethod
     def from_json(cls, data: Any) -> ClaimedTask:
@@ -80,6 +84,9 @@ class ClaimedTask:
 
         timeout = data.get("timeout")
         extra = data.get("extra")
+        lease = data.get("lease")
+        if not isinstance(lease, str) or not lease:
+            raise ProducerProtocolError(f"claimed task {task_id} without a lease secret")
         return cls(
             id=task_id, claim=claim,
             bad_job_id=str(data.get("bad_job_id") or ""),
@@ -90,6 +97,7 @@ class ClaimedTask:
             tester=text("tester"),
             timeout=int(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
             extra=extra if isinstance(extra, dict) else {},
+            lease=lease,
         )
 
 
@@ -198,10 +206,12 @@ class ProducerClient:
                            _lease(data, self._default_lease),
                            long_poll=wait_s > 0 and data.get("long_poll") is True)
 
-    async def heartbeat(self, task_ids: list[int]) -> HeartbeatAnswer:
-        """Renew the leases of ``task_ids``; the answer lists tasks to stop at once."""
+    async def heartbeat(self, leases: Mapping[int, str]) -> HeartbeatAnswer:
+        """Renew the leases of the tasks in ``leases`` (task id: the claim's lease secret);
+        the answer lists tasks to stop at once."""
         _, data = await self._post(HEARTBEAT_PATH, {
-            "consumer_id": self.consumer_id, "task_ids": [str(i) for i in task_ids]})
+            "consumer_id": self.consumer_id,
+            "leases": {str(task_id): lease for task_id, lease in leases.items()}})
         stops: list[StopOrder] = []
         for item in data.get("stop") or []:
             try:
@@ -216,12 +226,13 @@ class ProducerClient:
                 continue
         return HeartbeatAnswer(renewed, stops, _lease(data, self._default_lease))
 
-    async def finish(self, task_id: int, outcome: FinishOutcome, *, reason: str = "",
-                     result: dict[str, Any] | None = None,
+    async def finish(self, task_id: int, outcome: FinishOutcome, *, lease: str,
+                     reason: str = "", result: dict[str, Any] | None = None,
                      give_up_after_s: float = 300.0) -> FinishAnswer:
-        """Report a task's end; retried (it is idempotent) for up to ``give_up_after_s``."""
+        """Report the end of a task held under ``lease`` (its claim's secret); retried (it is
+        idempotent) for up to ``give_up_after_s``."""
         body: dict[str, Any] = {"consumer_id": self.consumer_id, "task_id": str(task_id),
-                                "outcome": outcome.value, "reason": reason,
+                                "lease": lease, "outcome": outcome.value, "reason": reason,
                                 "result": result or {}}
         deadline = time.monotonic() + give_up_after_s
         round_ = 0

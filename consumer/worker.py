@@ -254,7 +254,8 @@ class Worker:
 
     async def _release_unstarted(self, task: ClaimedTask, reason: str) -> None:
         try:
-            await asyncio.shield(self.client.finish(task.id, FinishOutcome.RELEASED, reason=reason,
+            await asyncio.shield(self.client.finish(task.id, FinishOutcome.RELEASED,
+                                                    lease=task.lease, reason=reason,
                                                     give_up_after_s=SHUTDOWN_FINISH_S))
         except ProducerError as exc:
             self.log.warning("release_failed", task_id=task.id, error=str(exc))
@@ -333,7 +334,10 @@ class Worker:
         self.metrics.bisection_duration.observe(result.duration_s)
         finish = decide(result, work_dir=work_dir, timeout_action=self.settings.timeout_action)
         if finish.outcome is FinishOutcome.COMPLETED:
-            await recorder.record_regression(task.git_url)
+            await recorder.record_regression(
+                task.git_url, compass_job=bool(task.extra.get("compass_job")),
+                discovered=bool(task.extra.get("discovered")),
+                category=str(task.extra.get("category") or ""))
         return finish
 
     async def _finish(self, task: ClaimedTask, finish: Finish,
@@ -341,8 +345,9 @@ class Worker:
         assert finish.outcome is not None
         give_up = SHUTDOWN_FINISH_S if self.stopping else self.settings.finish_retry_s
         try:
-            answer = await self.client.finish(task.id, finish.outcome, reason=finish.reason,
-                                              result=finish.result, give_up_after_s=give_up)
+            answer = await self.client.finish(task.id, finish.outcome, lease=task.lease,
+                                              reason=finish.reason, result=finish.result,
+                                              give_up_after_s=give_up)
         except ProducerRejected as exc:
             self.metrics.producer_errors.labels(call="finish").inc()
             tlog.error("finish_rejected", error=str(exc), outcome=finish.outcome.value)
@@ -377,15 +382,15 @@ class Worker:
             if failures:
                 interval = min(interval, PRODUCER_BACKOFF.delay(failures))
             await asyncio.sleep(interval)
-            ids = list(self.running)
-            if not ids:
+            leases = {task_id: item.task.lease for task_id, item in self.running.items()}
+            if not leases:
                 continue
             try:
-                answer = await self.client.heartbeat(ids)
+                answer = await self.client.heartbeat(leases)
             except (ProducerError, OSError) as exc:
                 failures += 1
                 self.metrics.producer_errors.labels(call="heartbeat").inc()
-                self.log.warning("heartbeat_failed", error=str(exc), tasks=len(ids))
+                self.log.warning("heartbeat_failed", error=str(exc), tasks=len(leases))
                 continue
             failures = 0
             self.lease_seconds = answer.lease_seconds

@@ -14,6 +14,7 @@ from common.repository import Repository
 from common.supervise import RetryPolicy, sleep_or_stop
 from producer.discovery import JobDiscovery
 from producer.errors import WriterConflict
+from producer.leases import load_or_create_key
 from producer.metrics import ProducerMetrics
 from producer.middleware import error_middleware, guard, metrics_middleware
 from producer.openapi import ROUTE_TABLE_KEY
@@ -45,6 +46,9 @@ async def _become_writer(state: ProducerState, guard_: WriterGuard) -> None:
         try:
             await state.repo.require_schema()
             await guard_.acquire()
+            # Only the writer creates the lease key, so two producers never make two.
+            state.writer.set_lease_key(await load_or_create_key(state.repo))
+            await state.writer.load_holdings()
             break
         except DatabaseUnavailable as exc:
             attempt += 1
@@ -115,13 +119,16 @@ def create_app(settings: ProducerSettings) -> web.Application:
                           middlewares=[metrics_middleware, error_middleware])
     db = Database(settings.db_url, maxsize=10)
     repo = Repository(db)
-    writer = TaskStateWriter(repo, lease_s=settings.lease_s, max_attempts=settings.max_attempts)
+    writer = TaskStateWriter(repo, lease_s=settings.lease_s, max_attempts=settings.max_attempts,
+                             max_claims_per_consumer=settings.max_claims_per_consumer,
+                             max_long_polls=settings.max_long_polls)
     app[STATE_KEY] = ProducerState(settings=settings, db=db, repo=repo, writer=writer,
                                    metrics=ProducerMetrics())
     table = [*ROUTES, *extra_route_tables()]
     app[ROUTE_TABLE_KEY] = table
     for route in table:
-        app.router.add_route(route.method, route.path, guard(route.access, route.handler))
+        app.router.add_route(route.method, route.path,
+                             guard(route.access, route.handler, route.max_body))
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_long_polls)
     return app

@@ -1,7 +1,8 @@
-"""HTTP plumbing: JSON errors, bearer tokens, request metrics."""
+"""HTTP plumbing: JSON errors, bearer tokens, per-route body limits, request metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -20,6 +21,24 @@ from producer.state import STATE_KEY
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Route.max_body: the bytes a route reads at most. Nothing is read before the token check,
+# and the read has a deadline (BISECT_BODY_TIMEOUT_S), so a slow or large body from anyone
+# costs at most this much memory for at most that long.
+DEFAULT_MAX_BODY = 64 * 1024
+SERVICE_MAX_BODY = -1  # the service-wide BISECT_MAX_BODY_BYTES (batch submissions)
+MAX_JSON_DEPTH = 32
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
+class BodyTimeout(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"request body not received within {seconds:g} s")
 
 
 class Access(Enum):
@@ -49,11 +68,63 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         raise ValidationError("body", "is empty; a JSON object is required")
     try:
-        return json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise ValidationError("body", "is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise ValidationError("body", f"is not valid JSON ({exc.msg} at {exc.pos})") from None
+    except RecursionError:
+        raise ValidationError("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ValidationError("body", f"is not acceptable JSON ({exc})") from None
+    _check_json(data, "body", 0)
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValidationError("body", f"{name} is not a JSON number")
+
+
+def _check_json(value: Any, field: str, depth: int) -> None:
+    """No deeper than MAX_JSON_DEPTH, and only text that is valid Unicode (json accepts a
+    lone surrogate escape such as "\\ud800", which no database or encoder takes)."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValidationError("body", f"nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        _check_text(value, field)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, field, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = key if depth == 0 else field
+            _check_text(key, name)
+            _check_json(item, name, depth + 1)
+
+
+def _check_text(text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(field, "holds a lone surrogate; not valid Unicode text") from None
+
+
+async def _with_body(request: web.Request, limit: int, timeout_s: float) -> web.Request:
+    """The request with its body read (at most ``limit`` bytes, within ``timeout_s``), so
+    handlers' ``read``/``json``/``post`` return the cached bytes."""
+    if not request.body_exists:
+        return request
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(limit)
+    bounded = request.clone(client_max_size=max(limit, 1))
+    try:
+        async with asyncio.timeout(timeout_s):
+            await bounded.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(limit) from None
+    except TimeoutError:
+        raise BodyTimeout(timeout_s) from None
+    return bounded
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -80,32 +151,44 @@ def read_token_ok(request: web.Request, token: str | None) -> bool:
     return _token_ok(token, settings.api_tokens | settings.consumer_tokens)
 
 
-def guard(access: Access, handler: Handler) -> Handler:
-    """Wrap a handler with the token check its access level needs."""
-    if access is Access.OPEN:
-        return handler
+def guard(access: Access, handler: Handler, max_body: int = DEFAULT_MAX_BODY) -> Handler:
+    """Wrap a handler with the token check its access level needs, then the body read within
+    the route's limit (``max_body`` bytes, or BISECT_MAX_BODY_BYTES for SERVICE_MAX_BODY)."""
 
     async def checked(request: web.Request) -> web.StreamResponse:
         settings = request.app[STATE_KEY].settings
-        token = _bearer(request)
-        if access is Access.READ and settings.open_reads:
-            return await handler(request)
-        allowed = settings.consumer_tokens if access is Access.CONSUMER else settings.api_tokens
-        if access is Access.READ:
-            allowed = settings.api_tokens | settings.consumer_tokens
-            if token is None:
-                token = request.cookies.get(SESSION_COOKIE)
-            if token is None and request.path.startswith("/dashboard"):
-                raise web.HTTPSeeOther("/dashboard/login?" + urlencode(
-                    {"next": request.path_qs}))
-        if token is None:
-            return error_response(401, "an Authorization: Bearer token is required",
-                                  "Authorization")
-        if not _token_ok(token, allowed):
-            return error_response(403, "the token is not valid for this route", "Authorization")
-        return await handler(request)
+        denied = _token_check(request, access)
+        if denied is not None:
+            return denied
+        limit = (settings.max_body_bytes if max_body == SERVICE_MAX_BODY
+                 else min(max_body, settings.max_body_bytes))
+        return await handler(await _with_body(request, limit, settings.body_timeout_s))
 
     return checked
+
+
+def _token_check(request: web.Request, access: Access) -> web.Response | None:
+    """None when the request may go on; else the 401/403 answer (or a sign-in redirect)."""
+    if access is Access.OPEN:
+        return None
+    settings = request.app[STATE_KEY].settings
+    token = _bearer(request)
+    if access is Access.READ and settings.open_reads:
+        return None
+    allowed = settings.consumer_tokens if access is Access.CONSUMER else settings.api_tokens
+    if access is Access.READ:
+        allowed = settings.api_tokens | settings.consumer_tokens
+        if token is None:
+            token = request.cookies.get(SESSION_COOKIE)
+        if token is None and request.path.startswith("/dashboard"):
+            raise web.HTTPSeeOther("/dashboard/login?" + urlencode(
+                {"next": request.path_qs}))
+    if token is None:
+        return error_response(401, "an Authorization: Bearer token is required",
+                              "Authorization")
+    if not _token_ok(token, allowed):
+        return error_response(403, "the token is not valid for this route", "Authorization")
+    return None
 
 
 @web.middleware
@@ -128,6 +211,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[STATE_KEY].settings.max_body_bytes
         return error_response(413, f"request body larger than {limit} bytes", "body")
+    except BodyTooLarge as exc:
+        return error_response(413, str(exc), "body")
+    except BodyTimeout as exc:
+        # The rest of the body is not worth waiting for: close the connection.
+        response = error_response(408, str(exc), "body")
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             return error_response(exc.status, exc.reason)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -14,10 +15,20 @@ from common.errors import ValidationError
 from common.models import FinishOutcome, Task
 from common.repository import TaskFilter
 from producer.errors import WriterConflict
-from producer.middleware import Access, Handler, error_response, json_response, read_json
+from producer.middleware import (
+    DEFAULT_MAX_BODY,
+    SERVICE_MAX_BODY,
+    Access,
+    Handler,
+    error_response,
+    json_response,
+    read_json,
+)
+from producer.results import MAX_RESULT_BYTES, parse_lease, parse_reason, parse_result
 from producer.state import STATE_KEY, ProducerState
 from producer.submission import new_task_from_request, new_tasks_from_requests
 from producer.validation import (
+    MAX_BATCH,
     SubmitRequest,
     format_cursor,
     parse_batch,
@@ -27,11 +38,11 @@ from producer.validation import (
     parse_status,
     parse_submit,
     parse_task_id,
-    parse_task_id_list,
     parse_testers,
 )
 from producer.writer import SubmitResult
 
+log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class Route:
@@ -43,6 +54,9 @@ class Route:
     query: tuple[str, ...] = ()
     body: str | None = None  # name of a schema in producer.openapi.SCHEMAS
     responses: dict[int, str] = field(default_factory=dict)
+    # The most body bytes the route reads (after its token check); SERVICE_MAX_BODY:
+    # BISECT_MAX_BODY_BYTES. A larger body is a 413 before it is read.
+    max_body: int = DEFAULT_MAX_BODY
 
 
 MAX_CLAIM_WAIT_S = 30
@@ -65,9 +79,23 @@ def task_json(task: Task) -> dict[str, Any]:
     return task.to_json()
 
 
+def task_row_json(task: Task) -> dict[str, Any]:
+    """A task as list rows show it: without the bulky ``result`` a finish stored (up to
+    256 KiB); ``GET /api/v1/tasks/{id}`` has it."""
+    data = task.to_json()
+    if "result" in task.extra:
+        data["extra"] = {k: v for k, v in task.extra.items() if k != "result"}
+    return data
+
+
+def _parse_submit(state: ProducerState, body: Any) -> SubmitRequest:
+    return parse_submit(body, state.settings.repo_url_allow, testers=state.settings.testers,
+                        max_timeout_s=state.settings.max_task_timeout_s)
+
+
 # ---------------------------------------------------------------- submit
 async def _submit_one(state: ProducerState, body: Any) -> SubmitResult:
-    request = parse_submit(body, state.settings.repo_url_allow)
+    request = _parse_submit(state, body)
     new = await new_task_from_request(request, state.repo, state.settings.default_tester)
     (result,) = await state.writer.submit([new])
     if result.created:
@@ -89,7 +117,7 @@ async def submit_batch(request: web.Request) -> web.Response:
     parsed: list[tuple[int, SubmitRequest]] = []
     for index, item in enumerate(items):
         try:
-            parsed.append((index, parse_submit(item, state.settings.repo_url_allow)))
+            parsed.append((index, _parse_submit(state, item)))
         except ValidationError as exc:
             answers[index] = {"index": index, "status": 422, "field": exc.field,
                               "error": exc.reason}
@@ -102,15 +130,21 @@ async def submit_batch(request: web.Request) -> web.Response:
                               "error": new.reason}
         else:
             valid.append((index, new))
-    results = await state.writer.submit([new for _, new in valid]) if valid else []
-    created = 0
+    # An item the database cannot store fails alone (422 for it), never its neighbours.
+    results = await state.writer.submit_each([new for _, new in valid]) if valid else []
+    created = stored = 0
     for (index, _), result in zip(valid, results, strict=True):
+        if isinstance(result, ValidationError):
+            answers[index] = {"index": index, "status": 422, "field": result.field,
+                              "error": result.reason}
+            continue
+        stored += 1
         created += result.created
         answers[index] = {"index": index, "status": 201 if result.created else 200,
                           "created": result.created, "task_id": str(result.task.id)}
     state.metrics.tasks_created.labels("api").inc(created)
     return json_response({"results": answers, "created": created,
-                          "existing": len(valid) - created, "invalid": len(items) - len(valid)})
+                          "existing": stored - created, "invalid": len(items) - stored})
 
 
 # ---------------------------------------------------------------- read
@@ -137,7 +171,8 @@ async def list_tasks(request: web.Request) -> web.Response:
                                        before=parse_cursor(request.query.get("cursor")))
     tasks = [t for t in rows if task_filter.matches_exactly(t)]
     next_cursor = format_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
-    return json_response({"tasks": [task_json(t) for t in tasks], "next_cursor": next_cursor})
+    return json_response({"tasks": [task_row_json(t) for t in tasks],
+                          "next_cursor": next_cursor})
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -187,21 +222,26 @@ async def consumer_claim(request: web.Request) -> web.Response:
     slots = body.get("slots")
     if isinstance(slots, bool) or not isinstance(slots, int) or not 0 <= slots <= 1000:
         raise ValidationError("slots", "must be an integer from 0 to 1000")
-    testers = parse_testers(body.get("testers"))
+    testers = parse_testers(body.get("testers"), state.settings.testers)
     wait_s = body.get("wait_s", 0)
     if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not (
             0 <= wait_s <= MAX_CLAIM_WAIT_S):
         raise ValidationError("wait_s", f"must be a number of seconds from 0 to "
                                         f"{MAX_CLAIM_WAIT_S}")
-    if wait_s > 0 and not state.stop.is_set():
+    # Beyond BISECT_MAX_LONG_POLLS waiting claims, a claim answers at once ("long_poll":
+    # false) and the consumer sleeps its own poll interval before the next.
+    long_poll = wait_s > 0 and not state.stop.is_set() and state.writer.long_poll_free()
+    if long_poll:
         tasks = await state.writer.claim_waiting(consumer_id, slots, testers, float(wait_s))
     else:
         tasks = await state.writer.claim(consumer_id, slots, testers)
     state.metrics.claims.inc(len(tasks))
     return json_response({
-        "tasks": [{**task_json(t), "claim": t.claims} for t in tasks],
+        # "lease": the secret heartbeat and finish must present for this task (never logged).
+        "tasks": [{**task_json(t), "claim": t.claims, "lease": state.writer.lease_of(t)}
+                  for t in tasks],
         "lease_seconds": state.writer.lease_s,
-        "long_poll": True,
+        "long_poll": long_poll,
     })
 
 
@@ -209,7 +249,7 @@ async def consumer_heartbeat(request: web.Request) -> web.Response:
     state = await _writer_state(request)
     body = _object(await read_json(request))
     consumer_id = parse_consumer_id(body.get("consumer_id"))
-    answer = await state.writer.heartbeat(consumer_id, parse_task_id_list(body.get("task_ids")))
+    answer = await state.writer.heartbeat(consumer_id, _parse_leases(body.get("leases")))
     return json_response({
         "renewed": [str(t) for t in answer.renewed],
         "stop": [{"task_id": str(t), "reason": r.value} for t, r in answer.stop],
@@ -226,15 +266,21 @@ async def consumer_finish(request: web.Request) -> web.Response:
         outcome = FinishOutcome(str(body.get("outcome")))
     except ValueError:
         raise ValidationError("outcome", "must be completed, failed or released") from None
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise ValidationError("reason", "must be a string")
-    result = body.get("result")
-    if result is not None and not isinstance(result, dict):
-        raise ValidationError("result", "must be an object")
-    task = await state.writer.finish(consumer_id, task_id, outcome,
-                                     reason=(reason or "")[:4000] or None, result=result)
+    lease = parse_lease(body.get("lease"))
+    reason = parse_reason(body.get("reason"))
+    result = parse_result(body.get("result"))
+    task = await state.writer.finish(consumer_id, task_id, outcome, lease=lease,
+                                     reason=reason, result=result)
     return json_response({"status": task.status.value, "task": task_json(task)})
+
+
+def _parse_leases(value: Any) -> dict[int, str]:
+    """A heartbeat's ``{"task id": "lease secret"}``, one entry per task held."""
+    if not isinstance(value, dict) or len(value) > MAX_BATCH:
+        raise ValidationError("leases", f"must map at most {MAX_BATCH} task ids to the lease "
+                                        "secrets their claims answered with")
+    return {parse_task_id(str(key), "leases"): parse_lease(secret, "leases")
+            for key, secret in value.items()}
 
 
 # ---------------------------------------------------------------- health
@@ -247,7 +293,9 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await state.db.ping()
     except Exception as exc:
-        return json_response({"status": "unready", "database": str(exc)}, 503)
+        # The exception's text can name hosts, ports and users: the log has it, not the answer.
+        log.warning("readyz_database_unreachable", error=str(exc))
+        return json_response({"status": "unready", "database": "unreachable"}, 503)
     if not state.writer_ready.is_set():
         return json_response({"status": "unready", "writer": "not acquired yet"}, 503)
     return json_response({"status": "ready", "database": "ok", "writer": "ok"})
@@ -279,7 +327,7 @@ ROUTES: tuple[Route, ...] = (
           responses={201: "TaskCreated", 200: "TaskCreated", 422: "Error"}),
     Route("POST", "/api/v1/tasks/batch", submit_batch, Access.WRITE,
           "Submit up to 1,000 tasks, answered per task", body="SubmitBatch",
-          responses={200: "BatchResult", 400: "Error"}),
+          responses={200: "BatchResult", 400: "Error"}, max_body=SERVICE_MAX_BODY),
     Route("GET", "/api/v1/tasks", list_tasks, Access.READ,
           "List tasks, newest first, paged by cursor", query=_LIST_QUERY,
           responses={200: "TaskList", 422: "Error"}),
@@ -310,15 +358,15 @@ ROUTES: tuple[Route, ...] = (
           responses={200: "ClaimResult"}),
     Route("POST", "/api/v1/internal/heartbeat", consumer_heartbeat, Access.CONSUMER,
           "Consumer: renew leases; lists tasks to stop", body="Heartbeat",
-          responses={200: "HeartbeatResult"}),
+          responses={200: "HeartbeatResult"}, max_body=256 * 1024),
     Route("POST", "/api/v1/internal/finish", consumer_finish, Access.CONSUMER,
           "Consumer: report a task completed, failed or released", body="Finish",
-          responses={200: "TaskCreated", 409: "Error"}),
+          responses={200: "TaskCreated", 409: "Error"}, max_body=2 * MAX_RESULT_BYTES),
     Route("GET", "/healthz", healthz, Access.OPEN, "Liveness", responses={200: "Status"}),
     Route("GET", "/readyz", readyz, Access.OPEN, "Readiness (database reachable, writer held)",
           responses={200: "Status", 503: "Status"}),
-    Route("GET", "/metrics", metrics, Access.OPEN, "Prometheus metrics",
-          responses={200: "Text"}),
+    Route("GET", "/metrics", metrics, Access.READ,
+          "Prometheus metrics (needs a token when reads are closed)", responses={200: "Text"}),
     Route("GET", "/api/v1/openapi.json", openapi_json, Access.OPEN,
           "This OpenAPI document", responses={200: "Object"}),
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
@@ -23,6 +25,16 @@ DEFAULT_DISCOVERY_PAGE = 1000
 DEFAULT_DISCOVERY_BATCH = 500
 DEFAULT_PENDING_HORIZON_S = 3 * 24 * 3600
 DEFAULT_TESTER = "compass"
+_TESTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The HTTP edge and consumer identity (issue 15): see README "Settings".
+DEFAULT_MAX_CLAIMS_PER_CONSUMER = 64
+DEFAULT_MAX_LONG_POLLS = 200
+DEFAULT_MAX_TASK_TIMEOUT_S = 24 * 3600
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_KEEPALIVE_S = 75.0
+# The tokens .env.example ships with: a producer never starts with them.
+PLACEHOLDER_TOKENS = frozenset({"change-me-api-token", "change-me-consumer-token"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,20 @@ class ProducerSettings:
     discovery_pending_horizon_s: int = DEFAULT_PENDING_HORIZON_S
     discovery_tester: str = DEFAULT_TESTER
     instance_id: str = ""
+    # Tester names this deployment's consumers define (BISECT_TESTERS), beside the builtin
+    # compass tester and the default and discovery testers (see ``testers``).
+    known_testers: frozenset[str] = frozenset()
+    max_claims_per_consumer: int = DEFAULT_MAX_CLAIMS_PER_CONSUMER
+    max_long_polls: int = DEFAULT_MAX_LONG_POLLS
+    max_task_timeout_s: int = DEFAULT_MAX_TASK_TIMEOUT_S
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    keepalive_s: float = DEFAULT_KEEPALIVE_S
+
+    @property
+    def testers(self) -> frozenset[str]:
+        """Tester names a claim or a submission may name; any other is refused."""
+        return self.known_testers | {DEFAULT_TESTER, self.default_tester, self.discovery_tester}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerSettings:
@@ -60,6 +86,10 @@ class ProducerSettings:
                             ("BISECT_CONSUMER_TOKENS", consumer_tokens)):
             if not value:
                 raise ConfigError(f"{name} (or {name}_FILE): at least one token is required")
+            if value & PLACEHOLDER_TOKENS:
+                raise ConfigError(f"{name}: still the .env.example placeholder; generate a "
+                                  "token (python -c \"import secrets; "
+                                  "print(secrets.token_hex(24))\")")
         port = env.get_int("BISECT_PORT", DEFAULT_PORT, minimum=0, maximum=65535)
         host = env.get_str("BISECT_HOST", DEFAULT_HOST)
         default_tester = env.get_str("BISECT_DEFAULT_TESTER", DEFAULT_TESTER)
@@ -96,4 +126,37 @@ class ProducerSettings:
                                                     DEFAULT_PENDING_HORIZON_S, minimum=0),
             discovery_tester=env.get_str("BISECT_DISCOVERY_TESTER", default_tester),
             instance_id=instance,
+            known_testers=_tester_names(env.raw("BISECT_TESTERS")),
+            max_claims_per_consumer=env.get_int("BISECT_MAX_CLAIMS_PER_CONSUMER",
+                                                DEFAULT_MAX_CLAIMS_PER_CONSUMER, minimum=1,
+                                                maximum=1000),
+            max_long_polls=env.get_int("BISECT_MAX_LONG_POLLS", DEFAULT_MAX_LONG_POLLS,
+                                       minimum=0),
+            max_task_timeout_s=env.get_int("BISECT_MAX_TASK_TIMEOUT_S",
+                                           DEFAULT_MAX_TASK_TIMEOUT_S, minimum=1),
+            header_timeout_s=env.get_float("BISECT_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S,
+                                           minimum=0.1),
+            body_timeout_s=env.get_float("BISECT_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S,
+                                         minimum=0.1),
+            keepalive_s=env.get_float("BISECT_KEEPALIVE_S", DEFAULT_KEEPALIVE_S, minimum=0.1),
         )
+
+
+def _tester_names(value: str | None) -> frozenset[str]:
+    """BISECT_TESTERS on the producer: tester names, comma-separated, or the consumers' JSON
+    profiles object (its keys are taken), so one value can serve both services."""
+    if value is None:
+        return frozenset()
+    if value.startswith("{"):
+        try:
+            profiles = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError(f"BISECT_TESTERS: not a JSON object ({exc})") from None
+        names = [str(name) for name in profiles] if isinstance(profiles, dict) else []
+    else:
+        names = [item.strip() for item in value.split(",") if item.strip()]
+    for name in names:
+        if not _TESTER_NAME.match(name):
+            raise ConfigError(f"BISECT_TESTERS: {name!r} is not a tester name (letters, "
+                              "digits, '_.-', at most 64)")
+    return frozenset(names)

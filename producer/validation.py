@@ -12,7 +12,10 @@ from common.models import TaskStatus
 MAX_KEY_LEN = 255
 MAX_ERROR_ID_BYTES = 8192
 MAX_PRIORITY = 1000
-MAX_TIMEOUT_S = 7 * 24 * 3600
+# A submitter's timeout is a wish within the deployment's bound (BISECT_MAX_TASK_TIMEOUT_S on
+# the producer); the consumer still applies its own limit when that is smaller.
+MAX_TIMEOUT_S = 24 * 3600
+MAX_REPO_URL_LEN = 255  # compass-ci's git_url is a key column: 255 characters on MySQL
 MAX_BATCH = 1000
 MAX_LIST_LIMIT = 1000
 
@@ -98,7 +101,11 @@ def _rev(body: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def parse_submit(body: Any, repo_url_allow: tuple[str, ...]) -> SubmitRequest:
+def parse_submit(body: Any, repo_url_allow: tuple[str, ...], *,
+                 testers: frozenset[str] | None = None,
+                 max_timeout_s: int = MAX_TIMEOUT_S) -> SubmitRequest:
+    """A submission, checked; ``testers``: the tester names the deployment knows (a task
+    for any other would wait forever), None to skip that check."""
     data = _require_object(body)
     unknown = sorted(set(data) - set(SUBMIT_FIELDS))
     if unknown:
@@ -107,8 +114,16 @@ def parse_submit(body: Any, repo_url_allow: tuple[str, ...]) -> SubmitRequest:
     if tester is not None and not _TESTER.match(tester):
         raise ValidationError("tester", "must be a profile name (letters, digits, '_.-', "
                                         "at most 64), never a command")
+    if tester is not None and testers is not None and tester not in testers:
+        raise ValidationError("tester", f"{tester!r} is not a tester of this deployment "
+                                        f"(known: {', '.join(sorted(testers))}; the producer's "
+                                        "BISECT_TESTERS lists them)")
     repo_url = _opt_str(data, "repo_url")
     if repo_url is not None:
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in repo_url):
+            raise ValidationError("repo_url", "must not contain NUL or control characters")
+        if len(repo_url) > MAX_REPO_URL_LEN:
+            raise ValidationError("repo_url", f"is longer than {MAX_REPO_URL_LEN} characters")
         if not repo_url_allow:
             raise ValidationError("repo_url", "not accepted: no BISECT_REPO_URL_ALLOW prefixes "
                                               "are configured")
@@ -123,7 +138,7 @@ def parse_submit(body: Any, repo_url_allow: tuple[str, ...]) -> SubmitRequest:
         priority=_opt_int(data, "priority", 0, MAX_PRIORITY) or 0,
         good_commit=_rev(data, "good_commit"),
         tester=tester,
-        timeout=_opt_int(data, "timeout", 1, MAX_TIMEOUT_S),
+        timeout=_opt_int(data, "timeout", 1, max_timeout_s),
         repo_url=repo_url,
         bad_commit=_rev(data, "bad_commit"),
     )
@@ -188,12 +203,16 @@ def parse_consumer_id(value: Any) -> str:
     return value
 
 
-def parse_testers(value: Any) -> list[str]:
+def parse_testers(value: Any, known: frozenset[str] | None = None) -> list[str]:
+    """A claim's tester names; with ``known``, each must be a tester of the deployment."""
     if not isinstance(value, list) or not value or len(value) > 100:
         raise ValidationError("testers", "must be a non-empty list of profile names")
     for item in value:
         if not isinstance(item, str) or not _TESTER.match(item):
             raise ValidationError("testers", f"{item!r} is not a profile name")
+        if known is not None and item not in known:
+            raise ValidationError("testers", f"{item!r} is not a tester of this deployment "
+                                             "(add it to the producer's BISECT_TESTERS)")
     return value
 
 

@@ -9,9 +9,11 @@ process, under one asyncio lock: no interleaving can create two tasks for one
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +21,11 @@ import pymysql
 import structlog
 
 from common import ids
-from common.errors import DatabaseUnavailable
+from common.errors import DatabaseUnavailable, ValidationError
 from common.models import FinishOutcome, NewTask, StopReason, Task, TaskStatus
 from common.repository import Repository, new_task_row, task_from_row
 from producer.errors import InvalidTransition, NotOwner, ProducerError, TaskNotFound
+from producer.leases import lease_matches, lease_secret
 
 log = structlog.get_logger(__name__)
 
@@ -51,9 +54,32 @@ def _is_duplicate(exc: BaseException) -> bool:
         (exc.args and exc.args[0] == 1062) or "duplicate" in str(exc).lower())
 
 
+# Columns named in a database's "value does not fit" errors, as the API calls them.
+_API_FIELD = {"git_url": "repo_url", "known_bad_commit": "bad_commit", "project": "repo_url",
+              "priority_level": "priority", "name": "error_id", "error_key": "error_id"}
+_COLUMN = re.compile(r"column '([A-Za-z_]+)'")
+
+
+def _item_error(exc: BaseException) -> ValidationError | None:
+    """The error an item's own values caused (too long for a column, not encodable), as a
+    4xx naming the field; None when the failure is not the item's fault."""
+    if isinstance(exc, ValidationError):
+        return exc
+    if isinstance(exc, UnicodeError):
+        return ValidationError("body", "holds text that cannot be stored (a lone surrogate?)")
+    if isinstance(exc, pymysql.err.DataError | pymysql.err.OperationalError) and exc.args and (
+            exc.args[0] in (1264, 1265, 1366, 1406)):
+        match = _COLUMN.search(str(exc.args[-1]))
+        column = match.group(1) if match else "body"
+        return ValidationError(_API_FIELD.get(column, column),
+                               "is too long or has characters the database cannot store")
+    return None
+
+
 class TaskStateWriter:
     def __init__(self, repo: Repository, *, lease_s: int, max_attempts: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_claims_per_consumer: int = 64,
+                 max_long_polls: int = 200) -> None:
         self._repo = repo
         self._lease_ms = lease_s * 1000
         self.lease_s = lease_s
@@ -61,8 +87,15 @@ class TaskStateWriter:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._grace_until_ms = 0
-        # Consumers long-polling for work; woken whenever a task becomes claimable.
-        self._work_waiters: list[asyncio.Future[None]] = []
+        # Consumers long-polling for work, with the testers they run; woken when a task one
+        # of those testers can take becomes claimable. At most ``max_long_polls`` at once.
+        self._work_waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
+        self._max_long_polls = max_long_polls
+        # Processing tasks per owner (rebuilt from the table by every sweep), for the cap.
+        self._held: collections.Counter[str] = collections.Counter()
+        self._max_claims = max_claims_per_consumer
+        # Signs lease secrets (producer.leases); set when this process becomes the writer.
+        self._lease_key = b""
         self._closing = False
         # Submissions waiting for the lock; whoever gets it creates them all in one go.
         self._submit_queue: list[tuple[list[NewTask], asyncio.Future[list[SubmitResult]]]] = []
@@ -85,12 +118,41 @@ class TaskStateWriter:
         self._closing = True
         self.wake_claimers()
 
-    def wake_claimers(self) -> None:
-        """Wake every long-polling claim: a task may have become claimable (or we stop)."""
-        waiters, self._work_waiters = self._work_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+    def wake_claimers(self, testers: Iterable[str | None] | None = None) -> None:
+        """Wake the long-polling claims that can take a task of ``testers`` (every one when
+        None): a task became claimable, or we stop."""
+        wanted = None if testers is None else set(testers)
+        if wanted is not None and None in wanted:
+            wanted = None  # a task without a tester: any claimer may want it
+        keep: list[tuple[frozenset[str], asyncio.Future[None]]] = []
+        for entry in self._work_waiters:
+            names, waiter = entry
+            if wanted is None or not names.isdisjoint(wanted):
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                keep.append(entry)
+        self._work_waiters = keep
+
+    def set_lease_key(self, key: bytes) -> None:
+        self._lease_key = key
+
+    def lease_of(self, task: Task) -> str:
+        """The secret a claim hands out with ``task``; heartbeat and finish must present it."""
+        return lease_secret(self._lease_key, task.id, task.claims, task.owner or "")
+
+    def _lease_ok(self, task: Task, consumer_id: str, lease: str) -> bool:
+        return (task.owner == consumer_id and bool(self._lease_key)
+                and lease_matches(self._lease_key, task.id, task.claims, consumer_id, lease))
+
+    def long_poll_free(self) -> bool:
+        """Whether one more claim may wait for work (the rest answer at once)."""
+        return len(self._work_waiters) < self._max_long_polls
+
+    async def load_holdings(self) -> None:
+        """Count each owner's processing tasks, for the per-consumer claim cap."""
+        self._held = collections.Counter(
+            t.owner or "" for t in await self._repo.tasks_by_status(TaskStatus.PROCESSING))
 
     # ------------------------------------------------------------------ submit
     async def submit(self, items: Sequence[NewTask]) -> list[SubmitResult]:
@@ -108,18 +170,47 @@ class TaskStateWriter:
                 await self._submit_queued(queued)
         return await future
 
+    async def submit_each(self, items: Sequence[NewTask]) -> list[SubmitResult | ValidationError]:
+        """Like :meth:`submit`, but an item whose own values cannot be stored is answered
+        with its error and the others are created all the same."""
+        try:
+            return list(await self.submit(items))
+        except Exception as exc:
+            if len(items) == 1 or _item_error(exc) is None:
+                raise
+        answers = await asyncio.gather(*[self.submit([item]) for item in items],
+                                       return_exceptions=True)
+        out: list[SubmitResult | ValidationError] = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                error = _item_error(answer)
+                if error is None:
+                    raise answer
+                out.append(error)
+            else:
+                out.append(answer[0])
+        return out
+
     async def _submit_queued(
             self, queued: list[tuple[list[NewTask], asyncio.Future[list[SubmitResult]]]]
     ) -> None:
         try:
             results = await self._submit_locked([item for items, _ in queued for item in items])
         except Exception as exc:
-            for _, waiting in queued:
-                if not waiting.done():
-                    waiting.set_exception(exc)
+            if len(queued) == 1 or _item_error(exc) is None:
+                for _, waiting in queued:
+                    if not waiting.done():
+                        waiting.set_exception(_item_error(exc) or exc)
+                return
+            # One caller's item cannot be stored: each caller on its own, so it fails alone.
+            for group in queued:
+                await self._submit_queued([group])
             return
-        if any(result.created for result in results):
-            self.wake_claimers()
+        created = [item.tester for item, result in
+                   zip((i for items, _ in queued for i in items), results, strict=True)
+                   if result.created]
+        if created:
+            self.wake_claimers(created)
         offset = 0
         for items, waiting in queued:
             if not waiting.done():
@@ -244,8 +335,17 @@ class TaskStateWriter:
     # ------------------------------------------------------------------ consumers
     async def claim(self, consumer_id: str, slots: int, testers: Sequence[str]) -> list[Task]:
         """Give up to ``slots`` waiting tasks to ``consumer_id``: highest priority, then
-        oldest. Serialized, so a task is never handed to two consumers."""
+        oldest. Serialized, so a task is never handed to two consumers. A consumer holds at
+        most ``max_claims_per_consumer`` tasks at once (422 naming ``slots`` beyond)."""
         async with self._lock:
+            free = self._max_claims - self._held[consumer_id]
+            if slots > 0 and free <= 0:
+                raise ValidationError("slots", f"consumer {consumer_id} already holds "
+                                               f"{self._held[consumer_id]} tasks, the most one "
+                                               "consumer may hold (BISECT_MAX_CLAIMS_PER_CONSUMER)")
+            slots = min(slots, free)
+            if slots <= 0:
+                return []
             tasks = await self._repo.claimable_tasks(testers, slots)
             now = self._now_ms()
             claimed = []
@@ -257,6 +357,7 @@ class TaskStateWriter:
                     task, status=TaskStatus.PROCESSING, owner=consumer_id,
                     lease_expires_ms=lease, claims=task.claims + 1,
                     start_time=int(self._clock()), cancel_requested=False))
+                self._held[consumer_id] += 1
                 log.info("task_claimed", task_id=task.id, consumer_id=consumer_id,
                          claim=task.claims + 1)
             return claimed
@@ -267,10 +368,12 @@ class TaskStateWriter:
         to become claimable (long poll): consumers start work at once without polling."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
+        names = frozenset(testers)
         while True:
             # Register before looking, so a submit between the look and the wait is not missed.
             waiter: asyncio.Future[None] = loop.create_future()
-            self._work_waiters.append(waiter)
+            entry = (names, waiter)
+            self._work_waiters.append(entry)
             try:
                 tasks = await self.claim(consumer_id, slots, testers)
                 remaining = deadline - loop.time()
@@ -280,10 +383,12 @@ class TaskStateWriter:
             except TimeoutError:
                 return []
             finally:
-                if waiter in self._work_waiters:
-                    self._work_waiters.remove(waiter)
+                if entry in self._work_waiters:
+                    self._work_waiters.remove(entry)
 
-    async def heartbeat(self, consumer_id: str, task_ids: Sequence[int]) -> HeartbeatAnswer:
+    async def heartbeat(self, consumer_id: str, leases: Mapping[int, str]) -> HeartbeatAnswer:
+        """Renew the leases whose secret matches; every other task is told to stop."""
+        task_ids = list(leases)
         async with self._lock:
             try:
                 tasks = await self._repo.tasks_by_ids(task_ids)
@@ -295,7 +400,7 @@ class TaskStateWriter:
             lease = self._now_ms() + self._lease_ms
             for task_id in task_ids:
                 task = tasks.get(task_id)
-                if task is None or task.owner != consumer_id:
+                if task is None or not self._lease_ok(task, consumer_id, leases[task_id]):
                     stop.append((task_id, StopReason.LEASE_LOST))
                 elif task.status is TaskStatus.CANCELLED or task.cancel_requested:
                     stop.append((task_id, StopReason.CANCELLED))
@@ -311,12 +416,16 @@ class TaskStateWriter:
             return HeartbeatAnswer(renewed, stop)
 
     async def finish(self, consumer_id: str, task_id: int, outcome: FinishOutcome, *,
-                     reason: str | None = None, result: dict[str, Any] | None = None) -> Task:
+                     lease: str, reason: str | None = None,
+                     result: dict[str, Any] | None = None) -> Task:
+        """Record the end of a task ``consumer_id`` holds under ``lease`` (409 otherwise)."""
         async with self._lock:
             task = await self._require(task_id)
-            if task.status is not TaskStatus.PROCESSING or task.owner != consumer_id:
+            if task.status is not TaskStatus.PROCESSING or not self._lease_ok(
+                    task, consumer_id, lease):
                 raise NotOwner(f"task {task_id} is {task.status.value} and not held by "
-                               f"{consumer_id}; result not recorded")
+                               f"{consumer_id} under this lease; result not recorded")
+            self._held[consumer_id] -= 1
             if task.cancel_requested and outcome is not FinishOutcome.COMPLETED:
                 await self._repo.mark_cancelled(task_id, "cancelled by user")
             elif outcome is FinishOutcome.COMPLETED:
@@ -337,7 +446,7 @@ class TaskStateWriter:
                 await self._repo.mark_requeued(task_id, attempts=task.attempts,
                                                retry_count=task.retry_count,
                                                last_error=f"released: {reason or 'shutdown'}")
-                self.wake_claimers()
+                self.wake_claimers([task.tester])
             log.info("task_finished", task_id=task_id, consumer_id=consumer_id,
                      outcome=outcome.value)
             return await self._require(task_id)
@@ -347,11 +456,14 @@ class TaskStateWriter:
         async with self._lock:
             now = self._now_ms()
             report = SweepReport([], [], [])
+            processing = await self._repo.tasks_by_status(TaskStatus.PROCESSING)
+            self._held = collections.Counter(t.owner or "" for t in processing)
             if now < self._grace_until_ms:
                 return report
-            for task in await self._repo.tasks_by_status(TaskStatus.PROCESSING):
+            for task in processing:
                 if (task.lease_expires_ms or 0) >= now:
                     continue
+                self._held[task.owner or ""] -= 1
                 attempts = task.attempts + 1
                 if task.cancel_requested:
                     await self._repo.mark_cancelled(task.id, "cancelled by user")
@@ -366,6 +478,7 @@ class TaskStateWriter:
                         task.id, attempts=attempts, retry_count=task.retry_count,
                         last_error=f"lease expired (owner {task.owner})")
                     report.requeued.append(task.id)
+                    self.wake_claimers([task.tester])
                 log.warning("lease_expired", task_id=task.id, owner=task.owner,
                             attempts=attempts)
             return report

@@ -20,6 +20,7 @@ class Clock:
 async def test_grace_after_database_trouble_keeps_live_leases(repo: Repository) -> None:
     clock = Clock()
     writer = TaskStateWriter(repo, lease_s=10, max_attempts=3, clock=clock)
+    writer.set_lease_key(b"k" * 32)
     writer.start()
     (created,) = await writer.submit([NewTask(bad_job_id="1", error_id="e", tester="t")])
     (claimed,) = await writer.claim("c1", 1, ["t"])
@@ -28,7 +29,8 @@ async def test_grace_after_database_trouble_keeps_live_leases(repo: Repository) 
     writer.grant_grace()  # what a failed sweep or writer heartbeat does
     clock.now += 5
     assert (await writer.sweep()).requeued == []
-    answer = await writer.heartbeat("c1", [claimed.id])  # the consumer is back in time
+    # The consumer is back in time.
+    answer = await writer.heartbeat("c1", {claimed.id: writer.lease_of(claimed)})
     assert answer.renewed == [claimed.id]
     clock.now += 8
     assert (await writer.sweep()).requeued == []

@@ -149,6 +149,11 @@ class FakeTask:
     claim: int = 0
     cancelled: bool = False
 
+    @property
+    def lease(self) -> str:
+        """The secret of the current claim, as the real producer derives one per claim."""
+        return f"lease-{self.data['id']}-{self.claim}-{self.owner}"
+
 
 @dataclass
 class FakeProducer:
@@ -181,7 +186,8 @@ class FakeProducer:
             if task.status == "wait" and task.data["tester"] in body["testers"]:
                 task.status, task.owner = "processing", body["consumer_id"]
                 task.claim += 1
-                out.append({**task.data, "claim": task.claim, "lease_expires_ms": 0})
+                out.append({**task.data, "claim": task.claim, "lease_expires_ms": 0,
+                            "lease": task.lease})
         self.max_held = max(self.max_held, self.held())
         return web.json_response({"tasks": out, "lease_seconds": self.lease_seconds})
 
@@ -189,9 +195,10 @@ class FakeProducer:
         body = await request.json()
         self.heartbeats.append(body)
         renewed, stop = [], []
-        for task_id in body["task_ids"]:
+        for task_id, lease in body["leases"].items():
             task = self.tasks.get(task_id)
-            if task is None or task.owner != body["consumer_id"] or task.status != "processing":
+            if (task is None or task.owner != body["consumer_id"]
+                    or task.status != "processing" or lease != task.lease):
                 stop.append({"task_id": task_id, "reason": "lease_lost"})
             elif task.cancelled:
                 stop.append({"task_id": task_id, "reason": "cancelled"})
@@ -204,7 +211,7 @@ class FakeProducer:
         body = await request.json()
         task = self.tasks.get(body["task_id"])
         if (task is None or task.owner != body["consumer_id"] or task.status != "processing"
-                or task.cancelled):
+                or task.cancelled or body.get("lease") != task.lease):
             return web.json_response({"error": "not owner"}, status=409)
         self.finishes.append(body)
         task.status = {"completed": "completed", "failed": "failed",

@@ -73,7 +73,8 @@ async def script() -> AsyncIterator[tuple[Script, ProducerClient]]:
 def _task(task_id: str = "123", claim: int = 2) -> dict[str, object]:
     return {"id": task_id, "bad_job_id": "j1", "error_id": "e.1", "git_url": "/r",
             "known_bad_commit": "abc", "good_commit": None, "tester": "demo", "timeout": 0,
-            "claim": claim, "lease_expires_ms": 1, "extra": {"limits": {"run_budget": 5}}}
+            "claim": claim, "lease_expires_ms": 1, "extra": {"limits": {"run_budget": 5}},
+            "lease": f"secret-of-{task_id}"}
 
 
 Fixture = tuple[Script, ProducerClient]
@@ -90,7 +91,16 @@ async def test_claim_parses_tasks_and_sends_auth(script: Fixture) -> None:
     task, = answer.tasks
     assert (task.id, task.claim, task.tester, task.timeout) == (123, 2, "demo", None)
     assert task.extra == {"limits": {"run_budget": 5}}
+    assert task.lease == "secret-of-123"
+    assert "secret-of-123" not in repr(task)  # a logged task never shows its lease
     assert client.last_ok is not None
+
+
+async def test_claimed_task_without_a_lease_is_a_protocol_error(script: Fixture) -> None:
+    server, client = script
+    server.add(CLAIM_PATH, (200, {"tasks": [{**_task(), "lease": ""}]}))
+    with pytest.raises(ProducerProtocolError, match="lease"):
+        await client.claim(1, ["compass"])
 
 
 async def test_claim_retries_5xx(script: Fixture) -> None:
@@ -127,7 +137,7 @@ async def test_gives_up_after_max_attempts(script: Fixture) -> None:
     server, client = script
     server.add(HEARTBEAT_PATH, (500, "no"))
     with pytest.raises(ProducerUnavailable, match="500"):
-        await client.heartbeat([1])
+        await client.heartbeat({1: "s1"})
     assert len(server.requests) == FAST.max_attempts
 
 
@@ -153,8 +163,8 @@ async def test_heartbeat_retries_and_reads_stop_orders(script: Fixture) -> None:
     server.add(HEARTBEAT_PATH, DISCONNECT, (200, {
         "renewed": ["1"], "stop": [{"task_id": "2", "reason": "cancelled"}, {"bad": 1}],
         "lease_seconds": 9}))
-    answer = await client.heartbeat([1, 2])
-    assert server.requests[-1][1] == {"consumer_id": "c-1", "task_ids": ["1", "2"]}
+    answer = await client.heartbeat({1: "s1", 2: "s2"})
+    assert server.requests[-1][1] == {"consumer_id": "c-1", "leases": {"1": "s1", "2": "s2"}}
     assert answer.renewed == [1]
     assert [(s.task_id, s.reason) for s in answer.stop] == [(2, "cancelled")]
     assert answer.lease_seconds == 9
@@ -164,11 +174,12 @@ async def test_finish_completed_and_conflict(script: Fixture) -> None:
     server, client = script
     server.add(FINISH_PATH, (502, "gw"), (200, {"status": "completed", "task": {}}),
                (409, {"error": "not owner"}))
-    ok = await client.finish(5, FinishOutcome.COMPLETED, result={"bad_commit": "abc"})
-    lost = await client.finish(6, FinishOutcome.FAILED, reason="timeout")
+    ok = await client.finish(5, FinishOutcome.COMPLETED, lease="s5",
+                             result={"bad_commit": "abc"})
+    lost = await client.finish(6, FinishOutcome.FAILED, lease="s6", reason="timeout")
     assert ok.accepted and ok.status == "completed"
     assert not lost.accepted
-    assert server.requests[1][1] == {"consumer_id": "c-1", "task_id": "5",
+    assert server.requests[1][1] == {"consumer_id": "c-1", "task_id": "5", "lease": "s5",
                                      "outcome": "completed", "reason": "",
                                      "result": {"bad_commit": "abc"}}
     assert server.requests[2][1]["reason"] == "timeout"
@@ -177,9 +188,9 @@ async def test_finish_completed_and_conflict(script: Fixture) -> None:
 async def test_finish_keeps_retrying_until_its_deadline(script: Fixture) -> None:
     server, client = script
     server.add(FINISH_PATH, *[(503, "down")] * 7, (200, {"status": "wait"}))
-    answer = await client.finish(5, FinishOutcome.RELEASED, give_up_after_s=30)
+    answer = await client.finish(5, FinishOutcome.RELEASED, lease="s5", give_up_after_s=30)
     assert answer.accepted and answer.status == "wait"
     assert len(server.requests) == 8
     server.answers[FINISH_PATH] = [(503, "down")]
     with pytest.raises(ProducerUnavailable):
-        await client.finish(5, FinishOutcome.RELEASED, give_up_after_s=0)
+        await client.finish(5, FinishOutcome.RELEASED, lease="s5", give_up_after_s=0)
