@@ -58,6 +58,9 @@ SUBMIT_STRIPPED = frozenset({
     "full_text_kv", "last_success_stage", "my_email", "my_name", "my_token", "job_token",
     "secrets", "boot_seconds", "run_seconds", "schedule_memmb", "is_remote", "waited_jobs",
     "wait_on", "all_params_md5", "pp_params_md5", "ss_params_md5", "host_machine",
+    # A retest of one commit is another job with the same parameters: a max_run copied from
+    # the bad job would make the scheduler refuse it (§7.3).
+    "max_run",
 })
 # Account fields a submit must carry (§7.3 REQUIRED_KEYS).
 ACCOUNT_FIELDS = ("my_account", "my_email", "my_name", "my_token")

@@ -86,6 +86,11 @@ BISECT = Table(
     manticore_options=_COMPASS_CHARSET,
 )
 
+# The bisect table as compass-ci creates it (no column of bisect-task's): what init-db finds
+# on a compass-ci site, and what tests start from.
+BISECT_AS_COMPASS_CREATES = Table("bisect", _cols(BISECT_COMPASS_COLUMNS),
+                                  manticore_options=_COMPASS_CHARSET)
+
 BISECT_STEP = Table(
     "bisect_step",
     _cols(

@@ -145,14 +145,33 @@ async def test_unreachable_server_raises_database_unavailable() -> None:
 
 
 async def test_finished_jobs_at_commit(repo: Repository) -> None:
-    from common.models import Job
+    from common.compass_job import CompassJob
+    from tests.producer_support import compass_job_row
 
-    def job(job_id: int, commit: str, stage: str = "finish") -> Job:
-        return Job(id=job_id, suite="pkgbuild", job_stage=stage, job_health="fail",
-                   errids=("e.1",), data={"upstream_commit": commit, "pp": {"a": 1}})
-
-    await repo.insert_jobs([job(1, "abc"), job(2, "abc", "running"), job(3, "ABC"),
-                            job(4, "abc")])
-    found = await repo.finished_jobs_at_commit("pkgbuild", "abc")
+    rows = [compass_job_row(1, "e.1", commit="abc"),
+            compass_job_row(2, "e.1", commit="abc", stage="running"),
+            compass_job_row(3, "e.1", commit="ABC"),
+            compass_job_row(4, "e.1", commit="abc"),
+            compass_job_row(5, "e.1", commit="abc", readiness="incomplete"),
+            compass_job_row(6, "e.1", commit="abc", suite="other")]
+    await repo.insert_job_rows(rows)
+    source = CompassJob.from_row(rows[0]).source
+    assert source is not None
+    found = await repo.finished_jobs_at_commit("makepkg", source, "abc")
     assert [j.id for j in found] == [4, 1]
-    assert found[0].data["pp"] == {"a": 1}
+    assert found[0].data["pp"]["makepkg"]["project"] == "proj"
+
+
+async def test_compass_tables_are_created_with_compass_ci_columns_and_never_altered(
+        repo: Repository) -> None:
+    from common.schema import JOBS, REGRESSION
+
+    columns = await repo.existing_columns(JOBS)
+    assert {"istage", "ihealth", "idata_readiness", "errid", "full_text_kv", "j"} <= columns
+    assert not {"job_stage", "job_health", "tbox_group", "os_arch"} & columns
+    regression = await repo.existing_columns(REGRESSION)
+    assert regression == {"id", "record_type", "errid", "category", "first_seen",
+                          "last_seen", "metric_name", "value", "bisect_count", "valid",
+                          "related_jobs"}
+    assert await repo.create_missing_tables() == []
+    assert not any((await repo.check_schema()).values())

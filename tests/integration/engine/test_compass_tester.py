@@ -1,169 +1,180 @@
-"""The compass tester against aioresponses (the scheduler) and the real jobs table."""
+"""The compass tester against a faithful fake of compass-ci's scheduler and the real jobs
+table (compact layout)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aioresponses import CallbackResult, aioresponses
+from aiohttp.test_utils import TestServer
+from aioresponses import aioresponses
 
-from common.models import Job
+from common.compass_job import CompassJob, job_row
 from common.repository import Repository
-from consumer.engine.compass_tester import CompassProfile, CompassTester, RetryPolicy
+from consumer.engine.compass_tester import (
+    CompassProfile,
+    CompassTester,
+    RetryPolicy,
+    judge,
+)
+from consumer.engine import errors as engine_errors
 from consumer.engine.testers import TesterContext
-from consumer.engine.verdicts import DifferentErrorPolicy, Verdict
+from consumer.engine.verdicts import Verdict
+from tests.fake_compass import FakeScheduler, make_fixture_repo
+from tests.producer_support import compass_job_row
 
-SCHEDULER = "http://scheduler.test:3000"
-SUBMIT = SCHEDULER + "/scheduler/v1/jobs/submit"
-ERRID = "stderr.undefined_reference_to_foo"
-PARAMS = {"program": "foo", "ss": {"x": 1}, "pp": {"t": "a"}, "os": "openeuler",
-          "os_arch": "aarch64", "tbox_group": "vm-2p8g"}
-BAD_COMMIT = "b" * 40
-COMMIT = "c" * 40
-
-
-def job(job_id: int, commit: str, *, stage: str = "finish", health: str = "success",
-        readiness: str = "complete", errids: tuple[str, ...] = (), **params: Any) -> Job:
-    data = {**PARAMS, **params, "upstream_commit": commit, "upstream_url": "https://g/r.git",
-            "result_root": f"/result/{job_id}"}
-    return Job(id=job_id, suite="pkgbuild", category="build", submit_time=job_id,
-               job_stage=stage, job_health=health, job_data_readiness=readiness,
-               errids=errids, data=data)
-
-
-def make_tester(repo: Repository, *, timeout: float = 5.0,
-                different: str = "skip") -> CompassTester:
-    profile = CompassProfile(scheduler_url=SCHEDULER, account="bisect", token="s3cret",
-                             timeout=timeout, poll_interval=0.05,
-                             retry=RetryPolicy(max_attempts=3, base_delay=0.01))
-    context = TesterContext(error_id=ERRID, bad_job_id="100",
-                            different_error=DifferentErrorPolicy(different))
-    return CompassTester(profile, context, repository=repo)
+ERRID = "makepkg.eid.src/foo.c:error:implicit-declaration-of-function"
+OTHER = "makepkg.eid.src/bar.c:warning:unused-variable"
+ACCOUNT = {"my_account": "bisect", "my_email": "bisect@example.com", "my_name": "bisect",
+           "my_token": "s3cret"}
 
 
 @pytest.fixture
-async def jobs(repo: Repository) -> Repository:
-    await repo.insert_jobs([job(100, BAD_COMMIT, health="fail", errids=(ERRID,))])
-    return repo
+async def compass(repo: Repository, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """A fixture repository (regression at commit 6 of 10), the bad job at its last commit,
+    and the fake scheduler serving on loopback."""
+    source, commits = make_fixture_repo(tmp_path, 10, 6, ERRID)
+    bad = compass_job_row(100, ERRID, repo=str(source), commit=commits[-1])
+    await repo.insert_job_rows([bad])
+    fake = FakeScheduler(repo)
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield {"fake": fake, "url": str(server.make_url("")).rstrip("/"), "commits": commits,
+               "source": source}
+    finally:
+        await server.close()
 
 
-def finishing(repo: Repository, finished: Job, bodies: list[dict[str, Any]]) -> Any:
-    """A scheduler callback: answers with the job id and lets the job finish soon after."""
+def make_tester(repo: Repository, url: str, *, timeout: float = 20.0,
+                account: dict[str, str] | None = None, attempts: int = 3) -> CompassTester:
+    profile = CompassProfile(scheduler_url=url, account=ACCOUNT if account is None else account,
+                             timeout=timeout, poll_interval=0.02,
+                             retry=RetryPolicy(max_attempts=attempts, base_delay=0.01))
+    context = TesterContext(error_id=ERRID, bad_job_id="100")
+    return CompassTester(profile, context, repository=repo)
 
-    def callback(url: Any, **kwargs: Any) -> CallbackResult:
-        bodies.append(kwargs["json"])
 
-        async def finish_later() -> None:
-            await asyncio.sleep(0.15)
-            await repo.insert_jobs([finished])
+async def test_reruns_the_bad_job_at_each_commit_and_judges_by_the_error_id(
+        repo: Repository, compass: dict[str, Any], tmp_path: Path) -> None:
+    tester = make_tester(repo, compass["url"])
+    commits = compass["commits"]
+    try:
+        good = await tester.test(commits[2], tmp_path)
+        bad = await tester.test(commits[7], tmp_path)
+    finally:
+        await tester.aclose()
+    assert good.verdict is Verdict.GOOD and bad.verdict is Verdict.BAD, (good, bad)
+    assert not good.reused and good.runs == 1 and bad.bad_runs == 1
+    first, second = compass["fake"].submitted
+    # The commit is set where the bad job selected it (and its pp mirror), nothing else moves.
+    assert first["program"]["makepkg"]["commit"] == commits[2]
+    assert first["pp"]["makepkg"]["commit"] == commits[2]
+    assert first["program"]["makepkg"]["_url"] == str(compass["source"])
+    assert first["bad_job_id"] == "100"
+    assert {k: first[k] for k in ACCOUNT} == ACCOUNT
+    for stripped in ("id", "errid", "stats", "job_stage", "job_health", "result_root",
+                     "istage", "full_text_kv"):
+        assert stripped not in first
+    assert second["program"]["makepkg"]["commit"] == commits[7]
+    # The new jobs' rows are compass-ci's final rows, marked as bisection reruns.
+    job = await repo.get_job(int(bad.job_id or 0))
+    assert job is not None and job.data_settled and job.submitted_by_bisect
+    assert job.errids == (ERRID,) and job.commit == commits[7]
 
-        asyncio.get_running_loop().create_task(finish_later())
-        return CallbackResult(status=200, body=json.dumps(
-            {"job_id": str(finished.id), "result_root": f"/result/{finished.id}"}))
 
-    return callback
+async def test_reuses_a_finished_job_with_the_same_parameters(
+        repo: Repository, compass: dict[str, Any], tmp_path: Path) -> None:
+    commit = compass["commits"][8]
+    source = str(compass["source"])
+    other_box = compass_job_row(150, ERRID, repo=source, commit=commit)
+    other_box["j"] = other_box["j"].replace('"tbox_group":"dc"', '"tbox_group":"vm-2p8g"')
+    await repo.insert_job_rows([other_box, compass_job_row(151, ERRID, repo=source,
+                                                           commit=commit)])
+    tester = make_tester(repo, compass["url"])
+    try:
+        outcome = await tester.test(commit, tmp_path)
+        again = await tester.test(commit, tmp_path)  # a retest needs a new job
+    finally:
+        await tester.aclose()
+    assert outcome.reused and outcome.job_id == "151" and outcome.verdict is Verdict.BAD
+    assert not again.reused and again.verdict is Verdict.BAD
+    assert len(compass["fake"].submitted) == 1
+
+
+async def test_a_missing_account_field_ends_the_bisection_with_the_schedulers_message(
+        repo: Repository, compass: dict[str, Any], tmp_path: Path) -> None:
+    tester = make_tester(repo, compass["url"], account={"my_account": "bisect"}, attempts=2)
+    try:
+        with pytest.raises(engine_errors.TesterError, match="Missing required job key: 'my_email'"):
+            await tester.test(compass["commits"][1], tmp_path)
+    finally:
+        await tester.aclose()
+
+
+async def test_a_4xx_skips_the_commit_with_the_message(repo: Repository,
+                                                        tmp_path: Path) -> None:
+    await repo.insert_job_rows([compass_job_row(100, ERRID)])
+    tester = make_tester(repo, "http://scheduler.test:3000")
+    try:
+        with aioresponses() as mocked:
+            mocked.post("http://scheduler.test:3000/scheduler/v1/jobs/submit", status=400,
+                        body='[{"message":"[\\"pkg_data\\"]","errcode":"RETRY_UPLOAD"}]')
+            outcome = await tester.test("c" * 40, tmp_path)
+    finally:
+        await tester.aclose()
+    assert outcome.verdict is Verdict.SKIP and "RETRY_UPLOAD" in outcome.detail
+
+
+async def test_a_job_that_never_settles_is_a_skip(repo: Repository, tmp_path: Path) -> None:
+    await repo.insert_job_rows([compass_job_row(100, ERRID)])
+    tester = make_tester(repo, "http://scheduler.test:3000", timeout=0.3)
+    try:
+        with aioresponses() as mocked:
+            mocked.post("http://scheduler.test:3000/scheduler/v1/jobs/submit",
+                        body='[{"job_id":"204","message":"","job_state":"submit"}]')
+            # compass-ci keeps a timed-out job at istage 1 (§2.2).
+            await repo.insert_job_rows([compass_job_row(204, "", stage="dispatch")])
+            outcome = await tester.test("c" * 40, tmp_path)
+    finally:
+        await tester.aclose()
+    assert outcome.verdict is Verdict.SKIP and "did not finish" in outcome.detail
+    assert outcome.job_id == "204"
 
 
 @pytest.mark.parametrize(
     ("row", "verdict"),
     [
-        ({"health": "fail", "errids": (ERRID, "other.id")}, Verdict.BAD),
-        ({"health": "success"}, Verdict.GOOD),
-        ({"health": "fail", "errids": ("other.id",)}, Verdict.SKIP),
-        ({"health": "success", "readiness": "incomplete"}, Verdict.SKIP),
-        ({"health": "abort", "readiness": "norun"}, Verdict.SKIP),
-        ({"stage": "abort_invalid", "health": "abort"}, Verdict.SKIP),
+        ({"errids": f"{ERRID} {OTHER}"}, Verdict.BAD),
+        ({"errids": "", "health": "success"}, Verdict.GOOD),
+        ({"errids": OTHER, "health": "fail"}, Verdict.GOOD),
+        ({"errids": ERRID, "readiness": "incomplete"}, Verdict.SKIP),
+        ({"errids": "", "stage": "cancel", "health": "cancel"}, Verdict.SKIP),
+        ({"errids": "", "stage": "abort_wait", "health": "abort_wait"}, Verdict.SKIP),
+        ({"errids": OTHER, "health": "timeout_running"}, Verdict.SKIP),
+        ({"errids": OTHER, "health": "abort_provider"}, Verdict.SKIP),
     ],
 )
-async def test_submits_with_the_commit_replaced_and_judges_the_job(
-    jobs: Repository, tmp_path: Path, row: dict[str, Any], verdict: Verdict
-) -> None:
-    bodies: list[dict[str, Any]] = []
-    compass = make_tester(jobs)
-    try:
-        with aioresponses() as mocked:
-            mocked.post(SUBMIT, callback=finishing(jobs, job(201, COMMIT, **row), bodies))
-            outcome = await compass.test(COMMIT, tmp_path)
-    finally:
-        await compass.aclose()
-    assert outcome.verdict is verdict, outcome.detail
-    assert outcome.job_id == "201" and outcome.result_root == "/result/201"
-    assert not outcome.reused
-    (body,) = bodies
-    assert body["upstream_commit"] == COMMIT
-    assert body["my_account"] == "bisect" and body["my_token"] == "s3cret"
-    assert {k: body[k] for k in PARAMS} == PARAMS
-    assert "result_root" not in body and "id" not in body
+def test_judge(row: dict[str, Any], verdict: Verdict) -> None:
+    job = CompassJob.from_row(compass_job_row(7, row.pop("errids"), **row))
+    assert judge(job, ERRID)[0] is verdict
 
 
-async def test_different_error_can_count_as_good(jobs: Repository, tmp_path: Path) -> None:
-    compass = make_tester(jobs, different="good")
-    try:
-        with aioresponses() as mocked:
-            mocked.post(SUBMIT, callback=finishing(
-                jobs, job(202, COMMIT, health="fail", errids=("other.id",)), []))
-            outcome = await compass.test(COMMIT, tmp_path)
-    finally:
-        await compass.aclose()
-    assert outcome.verdict is Verdict.GOOD
-
-
-async def test_reuses_a_finished_job_without_calling_the_scheduler(
-    jobs: Repository, tmp_path: Path
-) -> None:
-    await jobs.insert_jobs([
-        job(150, COMMIT, health="fail", errids=(ERRID,), tbox_group="other-box"),  # not same
-        job(151, COMMIT, health="fail", errids=(ERRID,)),
-    ])
-    compass = make_tester(jobs)
-    try:
-        with aioresponses() as mocked:
-            outcome = await compass.test(COMMIT, tmp_path)
-            assert not mocked.requests
-    finally:
-        await compass.aclose()
-    assert outcome.verdict is Verdict.BAD and outcome.reused and outcome.job_id == "151"
-
-
-async def test_retries_a_503(jobs: Repository, tmp_path: Path) -> None:
-    compass = make_tester(jobs)
-    bodies: list[dict[str, Any]] = []
-    try:
-        with aioresponses() as mocked:
-            mocked.post(SUBMIT, status=503, body="busy")
-            mocked.post(SUBMIT, callback=finishing(jobs, job(203, COMMIT), bodies))
-            outcome = await compass.test(COMMIT, tmp_path)
-    finally:
-        await compass.aclose()
-    assert outcome.verdict is Verdict.GOOD and len(bodies) == 1
-
-
-async def test_a_4xx_skips_the_commit_with_the_message(jobs: Repository, tmp_path: Path) -> None:
-    compass = make_tester(jobs)
-    try:
-        with aioresponses() as mocked:
-            mocked.post(SUBMIT, status=400, body="no such testbox")
-            outcome = await compass.test(COMMIT, tmp_path)
-    finally:
-        await compass.aclose()
-    assert outcome.verdict is Verdict.SKIP and "no such testbox" in outcome.detail
-
-
-async def test_a_job_that_never_finishes_is_a_skip(jobs: Repository, tmp_path: Path) -> None:
-    compass = make_tester(jobs, timeout=0.4)
-    try:
-        with aioresponses() as mocked:
-            mocked.post(SUBMIT, callback=finishing(jobs, job(204, COMMIT, stage="running"), []))
-            outcome = await compass.test(COMMIT, tmp_path)
-    finally:
-        await compass.aclose()
-    assert outcome.verdict is Verdict.SKIP and "did not finish" in outcome.detail
-    assert outcome.job_id == "204"
+def test_a_test_job_is_rerun_at_its_ss_package_commit() -> None:
+    doc = {"suite": "ltp", "tbox_group": "vm", "os": "openeuler", "os_version": "24.03",
+           "ss": {"linux": {"_url": "https://git.example/linux.git", "commit": "a" * 40}},
+           "pp": {"ltp": {"test": "syscalls"}}}
+    job = CompassJob.from_row(job_row(9, doc, stage="finish", health="fail",
+                                      readiness="complete", errids=("e",)))
+    assert job.git_url == "https://git.example/linux.git"
+    assert job.source is not None and job.source.commit_key == "ss.linux.commit"
+    rerun = job.rerun_document("b" * 40, ACCOUNT)
+    assert rerun["ss"]["linux"]["commit"] == "b" * 40 and rerun["bad_job_id"] == "9"
+    assert rerun["pp"] == {"ltp": {"test": "syscalls"}}
 
 
 def test_profile_repr_hides_the_token() -> None:
-    profile = CompassProfile(scheduler_url=SCHEDULER, account="a", token="s3cret")
+    profile = CompassProfile(scheduler_url="http://s", account=ACCOUNT)
     assert "s3cret" not in repr(profile)
