@@ -2,8 +2,13 @@
 
 The command runs in its own session (process group), so on timeout or cancellation the whole
 group gets SIGTERM, then SIGKILL after a grace period; nothing it spawned outlives the test.
-Output (stdout and stderr, merged) is scanned for error ids as it streams, and only its last
-MiB is kept.
+It runs in the sandbox (``sandbox.py``): a built environment, its own scratch ``HOME`` and
+``TMPDIR``, another uid or bubblewrap as configured. Output (stdout and stderr, merged) is
+scanned for error ids as it streams, and only its last MiB is kept.
+
+A command whose program is a relative path (``./repro.sh``) runs the commit's file when the
+commit has one, else the file at that path from where the engine was started (the folder
+``bisect-run`` was run in), as ``git bisect run`` does with an untracked script.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import structlog
 
 from common.errors import ValidationError
 from consumer.engine.output import DEFAULT_ERRID_REGEX, DEFAULT_TAIL_BYTES, OutputCapture
+from consumer.engine.sandbox import Sandbox, remove_tree
 from consumer.engine.testers import TesterContext
 from consumer.engine.verdicts import Outcome, Verdict, classify
 
@@ -47,6 +53,8 @@ class CommandProfile:
     env: Mapping[str, str] | None = None
     kill_grace: float = DEFAULT_KILL_GRACE_S
     name: str = "command"
+    network: bool = False  # in bubblewrap: keep the network (else the test has none)
+    base_dir: str = "."  # where a relative program outside the commit is looked up
 
     @classmethod
     def from_mapping(cls, profile: Mapping[str, Any]) -> CommandProfile:
@@ -77,7 +85,15 @@ class CommandProfile:
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
         ):
             raise ValidationError("tester.env", "must map names to string values")
+        network = profile.get("network", False)
+        if not isinstance(network, bool):
+            raise ValidationError("tester.network", "must be true or false")
+        base_dir = profile.get("base_dir") or os.getcwd()
+        if not isinstance(base_dir, str) or not os.path.isabs(base_dir):
+            raise ValidationError("tester.base_dir", "must be an absolute path")
         return cls(
+            network=network,
+            base_dir=base_dir,
             command=command,
             workdir=workdir,
             timeout=timeout,
@@ -87,9 +103,19 @@ class CommandProfile:
             name=str(profile.get("name", "command")),
         )
 
-    def argv(self) -> list[str]:
+    def argv(self, cwd: Path | None = None) -> list[str]:
+        """The command line; with ``cwd`` (the test's folder) a relative program the commit
+        lacks becomes the absolute path of the one in :attr:`base_dir`."""
         if isinstance(self.command, str):
             return ["/bin/sh", "-c", self.command]
+        program, *rest = self.command
+        if cwd is None or "/" not in program or os.path.isabs(program):
+            return list(self.command)
+        if os.path.lexists(cwd / program):
+            return list(self.command)  # the commit's own, as git bisect run would run it
+        outside = Path(self.base_dir, program)
+        if outside.exists():
+            return [str(outside.resolve()), *rest]
         return list(self.command)
 
     def display(self) -> str:
@@ -108,9 +134,14 @@ def _positive(profile: Mapping[str, Any], key: str, default: float) -> float:
 class CommandTester:
     """Runs the profile's command at each commit; one run per commit."""
 
-    def __init__(self, profile: CommandProfile, context: TesterContext) -> None:
+    def __init__(self, profile: CommandProfile, context: TesterContext,
+                 sandbox: Sandbox | None = None) -> None:
         self.profile = profile
         self.context = context
+        self.sandbox = sandbox if sandbox is not None else Sandbox.from_env()
+        # Each worktree's mirror, read from its .git file the first time: before any test
+        # ran in it (later the file belongs to the test).
+        self._mirrors: dict[Path, Path | None] = {}
 
     @classmethod
     def from_profile(cls, profile: Mapping[str, Any], context: TesterContext) -> CommandTester:
@@ -123,24 +154,41 @@ class CommandTester:
             error_id=self.context.error_id,
             tail_bytes=DEFAULT_TAIL_BYTES,
         )
-        env = {**os.environ, **(self.profile.env or {}), "BISECT_COMMIT": commit}
+        cwd = worktree / self.profile.workdir
+        argv = self.profile.argv(cwd)
+        sandbox = self.sandbox
+        mirror = self._mirror_of(worktree)
+        scratch = await asyncio.to_thread(sandbox.scratch)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.profile.argv(),
-                cwd=worktree / self.profile.workdir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:  # e.g. the script does not exist at this commit
-            return Outcome(
-                verdict=Verdict.SKIP,
-                duration_s=time.monotonic() - started,
-                detail=f"cannot run {self.profile.display()}: {exc}",
-            )
-        timed_out = await self._supervise(proc, capture)
+            await asyncio.to_thread(sandbox.hand_over, worktree)
+            env = sandbox.environment(commit=commit, home=scratch, tmpdir=scratch / "tmp",
+                                      profile_env=self.profile.env)
+            outside = [Path(argv[0])] if argv[0] != self.profile.argv()[0] else []
+            command = sandbox.command(
+                argv, cwd=cwd, writable=[worktree, scratch],
+                readable=[p for p in (mirror, *outside) if p is not None],
+                hidden=[worktree.parent, *([mirror.parent] if mirror is not None else [])],
+                network=self.profile.network)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *command,
+                    cwd=cwd,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                    **sandbox.spawn_options(),
+                )
+            except OSError as exc:  # e.g. the script does not exist at this commit
+                return Outcome(
+                    verdict=Verdict.SKIP,
+                    duration_s=time.monotonic() - started,
+                    detail=f"cannot run {self.profile.display()}: {exc}",
+                )
+            timed_out = await self._supervise(proc, capture)
+        finally:
+            await asyncio.to_thread(remove_tree, scratch)
         capture.close()
         verdict, reason = classify(
             exit_code=proc.returncode,
@@ -159,6 +207,18 @@ class CommandTester:
             duration_s=round(time.monotonic() - started, 3),
             detail=detail,
         )
+
+    def _mirror_of(self, worktree: Path) -> Path | None:
+        if worktree not in self._mirrors:
+            mirror = None
+            with contextlib.suppress(OSError, ValueError):
+                text = (worktree / ".git").read_text(encoding="utf-8").strip()
+                if text.startswith("gitdir:"):
+                    gitdir = Path(text.removeprefix("gitdir:").strip())
+                    if gitdir.parent.name == "worktrees":
+                        mirror = gitdir.parent.parent
+            self._mirrors[worktree] = mirror
+        return self._mirrors[worktree]
 
     async def _supervise(self, proc: asyncio.subprocess.Process, capture: OutputCapture) -> bool:
         """Wait for the command within the timeout; True when it timed out."""
