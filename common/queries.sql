@@ -38,6 +38,14 @@ ORDER BY id ASC LIMIT 1000
 -- newest first, paged by the key (created_at, id).
 SELECT {bisect_columns} FROM bisect {where} ORDER BY created_at DESC, id DESC LIMIT %(limit)s
 
+-- compass-ci's list: newest id first, its four columns (status filter optional).
+-- name: legacy_task_list
+SELECT id, bad_job_id, error_id, bisect_status FROM bisect ORDER BY id DESC LIMIT %(limit)s
+
+-- name: legacy_task_list_by_status
+SELECT id, bad_job_id, error_id, bisect_status FROM bisect WHERE bisect_status = %(status)s
+ORDER BY id DESC LIMIT %(limit)s
+
 -- name: task_ids_by_status
 SELECT id FROM bisect WHERE bisect_status = %(status)s AND id > %(after)s ORDER BY id ASC LIMIT %(limit)s
 
@@ -67,17 +75,18 @@ UPDATE bisect SET lease_expires_ms = %(lease_expires_ms)s WHERE id IN %(ids)s
 -- name: update_task_requeued
 UPDATE bisect SET bisect_status = 'wait', owner = '', lease_expires_ms = 0, attempts = %(attempts)s,
  retry_count = %(retry_count)s, queued_ms = %(queued_ms)s, last_error = %(last_error)s, updated_at = %(now)s,
- cancel_requested = 0
+ cancel_requested = 0, end_reason = ''
 WHERE id = %(id)s
 
 -- name: update_task_failed
-UPDATE bisect SET bisect_status = 'failed', owner = '', lease_expires_ms = 0, attempts = %(attempts)s,
- last_error = %(last_error)s, end_time = %(now)s, updated_at = %(now)s
+UPDATE bisect SET bisect_status = 'failed', end_reason = '', owner = '', lease_expires_ms = 0,
+ attempts = %(attempts)s, last_error = %(last_error)s, end_time = %(now)s, updated_at = %(now)s
 WHERE id = %(id)s
 
+-- compass-ci knows four statuses: a cancelled task is `failed`, the reason beside it.
 -- name: update_task_cancelled
-UPDATE bisect SET bisect_status = 'cancelled', owner = '', lease_expires_ms = 0, cancel_requested = 1,
- last_error = %(last_error)s, end_time = %(now)s, updated_at = %(now)s
+UPDATE bisect SET bisect_status = 'failed', end_reason = 'cancelled', owner = '', lease_expires_ms = 0,
+ cancel_requested = 1, last_error = %(last_error)s, end_time = %(now)s, updated_at = %(now)s
 WHERE id = %(id)s
 
 -- name: update_task_cancel_requested
@@ -88,6 +97,13 @@ UPDATE bisect SET bisect_status = 'completed', owner = '', lease_expires_ms = 0,
  first_bad_id = %(first_bad_id)s, first_result_root = %(first_result_root)s, work_dir = %(work_dir)s,
  confidence = %(confidence)s, verification = %(verification)s, end_time = %(now)s, updated_at = %(now)s,
  last_error = '', j = %(j)s
+WHERE id = %(id)s
+
+-- A row compass-ci's service wrote, completed from its bad job before its first claim.
+-- name: update_task_origin
+UPDATE bisect SET tester = %(tester)s, git_url = %(git_url)s, project = %(project)s,
+ suite = %(suite)s, known_bad_commit = %(known_bad_commit)s, name = %(name)s,
+ error_key = %(error_key)s, group_key = %(group_key)s, source = %(source)s, j = %(j)s
 WHERE id = %(id)s
 
 -- name: update_task_progress

@@ -436,6 +436,20 @@ class Repository:
         sql = self._q["task_list"].replace("{where}", where)
         return [task_from_row(row) for row in await self.db.fetch(sql, params)]
 
+    async def legacy_task_rows(self, *, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """compass-ci's list rows: ``{id, bad_job_id, error_id, bisect_status}``, newest id
+        first; a status filter compares exactly (Manticore's ``=`` ignores case)."""
+        params: dict[str, Any] = {"limit": min(limit, PAGE_LIMIT)}
+        if status is None:
+            rows = await self.db.fetch(self._q["legacy_task_list"], params)
+        else:
+            params["status"] = status
+            rows = await self.db.fetch(self._q["legacy_task_list_by_status"], params)
+        out = [{"id": int(row["id"]), "bad_job_id": _text(row["bad_job_id"]),
+                "error_id": _text(row["error_id"]), "bisect_status": _text(row["bisect_status"])}
+               for row in rows]
+        return [row for row in out if status is None or row["bisect_status"] == status]
+
     async def task_ids_by_status(self, status: TaskStatus) -> list[int]:
         out: list[int] = []
         after = 0
@@ -513,6 +527,17 @@ class Repository:
             "first_result_root": _s(first_result_root), "work_dir": _s(work_dir),
             "confidence": float(confidence or 0.0), "verification": _s(verification),
             "j": _json_dump(extra), "now": now_s()})
+
+    async def set_task_origin(self, task: Task, *, tester: str, git_url: str, project: str,
+                              suite: str, known_bad_commit: str, name: str,
+                              extra: dict[str, Any]) -> None:
+        """Complete a row another service wrote (the task-state writer's adoption)."""
+        await self.db.execute(self._q["update_task_origin"], {
+            "id": task.id, "tester": tester, "git_url": git_url, "project": project,
+            "suite": suite, "known_bad_commit": known_bad_commit, "name": name,
+            "error_key": ids.text_key(task.error_id),
+            "group_key": ids.group_key(task.error_id, git_url),
+            "source": task.source or "compass-ci", "j": _json_dump(extra)})
 
     async def update_progress(self, task_id: int, *, current_step: int, steps_estimate: int,
                               candidates_left: int) -> None:

@@ -30,12 +30,14 @@ SHUTDOWN_WAIT_S = 10.0
 
 
 def extra_route_tables() -> Iterable[Route]:
-    """Routes of optional modules (the dashboard), when present."""
+    """compass-ci's routes, and those of optional modules (the dashboard) when present."""
+    from producer.legacy_routes import ROUTES as legacy_routes
+
     try:
         from producer.dashboard import ROUTES as dashboard_routes
     except ImportError:
-        return ()
-    return dashboard_routes
+        return legacy_routes
+    return (*legacy_routes, *dashboard_routes)
 
 
 async def _become_writer(state: ProducerState, guard_: WriterGuard) -> None:
@@ -121,7 +123,8 @@ def create_app(settings: ProducerSettings) -> web.Application:
     repo = Repository(db)
     writer = TaskStateWriter(repo, lease_s=settings.lease_s, max_attempts=settings.max_attempts,
                              max_claims_per_consumer=settings.max_claims_per_consumer,
-                             max_long_polls=settings.max_long_polls)
+                             max_long_polls=settings.max_long_polls,
+                             default_tester=settings.default_tester)
     app[STATE_KEY] = ProducerState(settings=settings, db=db, repo=repo, writer=writer,
                                    metrics=ProducerMetrics())
     table = [*ROUTES, *extra_route_tables()]

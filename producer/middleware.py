@@ -46,6 +46,9 @@ class Access(Enum):
     READ = "read"  # open unless BISECT_OPEN_READS=false
     WRITE = "write"  # an API token
     CONSUMER = "consumer"  # a consumer token
+    # compass-ci's write routes: an API token, or none with BISECT_LEGACY_WRITES=open (what
+    # compass-ci's own service does; its clients send no token).
+    LEGACY_WRITE = "legacy_write"
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -60,8 +63,10 @@ def error_response(status: int, message: str, field: str | None = None) -> web.R
     return json_response(body, status)
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or a 4xx naming what is wrong with it."""
+async def read_json(request: web.Request, *, check_text: bool = True) -> Any:
+    """The request body as JSON, or a 4xx naming what is wrong with it. ``check_text``
+    False leaves lone surrogates for the caller to find per item (a batch answers each item
+    on its own)."""
     if request.content_type not in ("application/json", "application/octet-stream", ""):
         raise ValidationError("body", "Content-Type must be application/json")
     raw = await request.read()
@@ -77,7 +82,7 @@ async def read_json(request: web.Request) -> Any:
         raise ValidationError("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # an integer of thousands of digits
         raise ValidationError("body", f"is not acceptable JSON ({exc})") from None
-    _check_json(data, "body", 0)
+    _check_json(data, "body", 0, check_text)
     return data
 
 
@@ -85,21 +90,23 @@ def _no_constant(name: str) -> Any:
     raise ValidationError("body", f"{name} is not a JSON number")
 
 
-def _check_json(value: Any, field: str, depth: int) -> None:
+def _check_json(value: Any, field: str, depth: int, check_text: bool = True) -> None:
     """No deeper than MAX_JSON_DEPTH, and only text that is valid Unicode (json accepts a
     lone surrogate escape such as "\\ud800", which no database or encoder takes)."""
     if depth > MAX_JSON_DEPTH:
         raise ValidationError("body", f"nests deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, str):
-        _check_text(value, field)
+        if check_text:
+            _check_text(value, field)
     elif isinstance(value, list):
         for item in value:
-            _check_json(item, field, depth + 1)
+            _check_json(item, field, depth + 1, check_text)
     elif isinstance(value, dict):
         for key, item in value.items():
             name = key if depth == 0 else field
-            _check_text(key, name)
-            _check_json(item, name, depth + 1)
+            if check_text:
+                _check_text(key, name)
+            _check_json(item, name, depth + 1, check_text)
 
 
 def _check_text(text: str, field: str) -> None:
@@ -175,6 +182,15 @@ def _token_check(request: web.Request, access: Access) -> web.Response | None:
     token = _bearer(request)
     if access is Access.READ and settings.open_reads:
         return None
+    if access is Access.LEGACY_WRITE:
+        if settings.legacy_writes == "open":
+            return None
+        if token is None:
+            return error_response(
+                401, "compass-ci's routes need an API token here (Authorization: Bearer "
+                     "<token>); a site whose compass-ci clients send none sets "
+                     "BISECT_LEGACY_WRITES=open", "Authorization")
+        access = Access.WRITE
     allowed = settings.consumer_tokens if access is Access.CONSUMER else settings.api_tokens
     if access is Access.READ:
         allowed = settings.api_tokens | settings.consumer_tokens

@@ -77,6 +77,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                               "outcome": {"enum": ["completed", "failed", "released"]},
                               "reason": _STR, "result": {"type": "object"}}},
     "Status": {"type": "object", "properties": {"status": _STR}},
+    # compass-ci's own shapes (container/bisect/app/controllers.py, branch compact).
+    "LegacySubmit": {"type": "object", "required": ["bad_job_id", "error_id"],
+                     "properties": {"bad_job_id": {"type": ["string", "integer"]},
+                                    "error_id": _STR}},
+    "LegacyAnswer": {"type": "object", "properties": {
+        "code": _INT, "message": _STR,
+        "data": {"type": ["object", "null"], "properties": {"task_id": _STR}}}},
+    "LegacyTaskList": {"type": "object", "properties": {"tasks": {"type": "array", "items": {
+        "type": "object", "properties": {"id": _INT, "bad_job_id": _STR, "error_id": _STR,
+                                         "bisect_status": _STR}}}}},
+    "LegacyDeleted": {"type": "object", "properties": {"status": _STR, "deleted_count": _INT}},
     "Object": {"type": "object"},
     "Text": {"type": "string"},
     "Html": {"type": "string"},
@@ -87,6 +98,7 @@ _SECURITY: dict[Access, list[dict[str, list[str]]]] = {
     Access.CONSUMER: [{"consumerToken": []}],
     Access.READ: [{}, {"apiToken": []}],
     Access.OPEN: [],
+    Access.LEGACY_WRITE: [{"apiToken": []}, {}],  # {} with BISECT_LEGACY_WRITES=open
 }
 _MEDIA = {"Text": "text/plain", "Html": "text/html"}
 

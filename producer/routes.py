@@ -112,7 +112,7 @@ async def submit_task(request: web.Request) -> web.Response:
 
 async def submit_batch(request: web.Request) -> web.Response:
     state = await _writer_state(request)
-    items = parse_batch(await read_json(request))
+    items = parse_batch(await read_json(request, check_text=False))
     answers: list[dict[str, Any]] = [{} for _ in items]
     parsed: list[tuple[int, SubmitRequest]] = []
     for index, item in enumerate(items):
@@ -343,15 +343,6 @@ ROUTES: tuple[Route, ...] = (
           responses={200: "TaskCreated", 404: "Error", 409: "Error"}),
     Route("DELETE", "/api/v1/tasks/failed", delete_failed, Access.WRITE,
           "Delete every failed task and its steps", responses={200: "Deleted"}),
-    # compass-ci's routes, kept as aliases.
-    Route("POST", "/api/v1/new_bisect_task", submit_task, Access.WRITE,
-          "compass-ci alias of POST /api/v1/tasks", body="SubmitTask",
-          responses={201: "TaskCreated", 200: "TaskCreated", 422: "Error"}),
-    Route("GET", "/api/v1/list_bisect_tasks", list_tasks, Access.READ,
-          "compass-ci alias of GET /api/v1/tasks", query=_LIST_QUERY,
-          responses={200: "TaskList"}),
-    Route("DELETE", "/api/v1/delete_failed_tasks", delete_failed, Access.WRITE,
-          "compass-ci alias of DELETE /api/v1/tasks/failed", responses={200: "Deleted"}),
     # The consumer protocol (docs/consumer-protocol.md).
     Route("POST", "/api/v1/internal/claim", consumer_claim, Access.CONSUMER,
           "Consumer: claim up to `slots` waiting tasks with a lease", body="Claim",

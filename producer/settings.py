@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.compass_job import HEALTH_CODES
 from common.errors import ConfigError
 from common.settings import DbUrl, Env
 
@@ -35,6 +36,10 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_KEEPALIVE_S = 75.0
 # The tokens .env.example ships with: a producer never starts with them.
 PLACEHOLDER_TOKENS = frozenset({"change-me-api-token", "change-me-consumer-token"})
+# compass-ci's own discovery takes only jobs whose health is `abort` (compass-ci.md §3).
+DEFAULT_DISCOVERY_HEALTH = ("abort",)
+# compass-ci's routes: "token" (writes need an API token) or "open" (compass-ci's behaviour).
+LEGACY_WRITE_MODES = ("token", "open")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class ProducerSettings:
     discovery_suites_exclude: tuple[str, ...] = ()
     discovery_pending_horizon_s: int = DEFAULT_PENDING_HORIZON_S
     discovery_tester: str = DEFAULT_TESTER
+    discovery_health: tuple[str, ...] = DEFAULT_DISCOVERY_HEALTH
+    legacy_writes: str = "token"
     instance_id: str = ""
     # Tester names this deployment's consumers define (BISECT_TESTERS), beside the builtin
     # compass tester and the default and discovery testers (see ``testers``).
@@ -125,6 +132,9 @@ class ProducerSettings:
             discovery_pending_horizon_s=env.get_int("BISECT_DISCOVERY_PENDING_HORIZON_S",
                                                     DEFAULT_PENDING_HORIZON_S, minimum=0),
             discovery_tester=env.get_str("BISECT_DISCOVERY_TESTER", default_tester),
+            discovery_health=_health_names(env.get_list("BISECT_DISCOVERY_HEALTH")
+                                           or DEFAULT_DISCOVERY_HEALTH),
+            legacy_writes=_legacy_writes(env.get_str("BISECT_LEGACY_WRITES", "token")),
             instance_id=instance,
             known_testers=_tester_names(env.raw("BISECT_TESTERS")),
             max_claims_per_consumer=env.get_int("BISECT_MAX_CLAIMS_PER_CONSUMER",
@@ -140,6 +150,21 @@ class ProducerSettings:
                                          minimum=0.1),
             keepalive_s=env.get_float("BISECT_KEEPALIVE_S", DEFAULT_KEEPALIVE_S, minimum=0.1),
         )
+
+
+def _health_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if name not in HEALTH_CODES:
+            raise ConfigError(f"BISECT_DISCOVERY_HEALTH: {name!r} is not a compass-ci job health "
+                              f"(one of: {', '.join(sorted(HEALTH_CODES))})")
+    return names
+
+
+def _legacy_writes(mode: str) -> str:
+    if mode not in LEGACY_WRITE_MODES:
+        raise ConfigError(f"BISECT_LEGACY_WRITES: {mode!r} must be one of "
+                          f"{', '.join(LEGACY_WRITE_MODES)}")
+    return mode
 
 
 def _tester_names(value: str | None) -> frozenset[str]:

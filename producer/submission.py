@@ -66,12 +66,12 @@ def new_task_from_job(job: CompassJob, error_id: str, *, tester: str, source: st
 async def new_task_from_request(request: SubmitRequest, repo: Repository,
                                 default_tester: str) -> NewTask:
     """Fill in the repository and commit from the bad job, unless the request gives them."""
-    number = _job_number(request.bad_job_id)
+    number = job_number(request.bad_job_id)
     job = await repo.get_job(number) if number is not None else None
     return new_task_with_job(request, job, default_tester)
 
 
-def _job_number(bad_job_id: str) -> int | None:
+def job_number(bad_job_id: str) -> int | None:
     """compass-ci job ids are positive 63-bit integers; anything else names no job."""
     if not bad_job_id.isdigit() or len(bad_job_id) > 19:
         return None
@@ -82,7 +82,7 @@ def _job_number(bad_job_id: str) -> int | None:
 async def new_tasks_from_requests(requests: list[SubmitRequest], repo: Repository,
                                   default_tester: str) -> list[NewTask | ValidationError]:
     """The batch form: one query for all the jobs; each item a task or its error."""
-    numbers = [_job_number(r.bad_job_id) for r in requests]
+    numbers = [job_number(r.bad_job_id) for r in requests]
     jobs = await repo.jobs_by_ids([n for n in numbers if n is not None])
     out: list[NewTask | ValidationError] = []
     for request, number in zip(requests, numbers, strict=True):

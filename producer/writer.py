@@ -24,6 +24,7 @@ from common import ids
 from common.errors import DatabaseUnavailable, ValidationError
 from common.models import FinishOutcome, NewTask, StopReason, Task, TaskStatus
 from common.repository import Repository, new_task_row, task_from_row
+from producer.adoption import adopt, needs_adoption
 from producer.errors import InvalidTransition, NotOwner, ProducerError, TaskNotFound
 from producer.leases import lease_matches, lease_secret
 
@@ -79,8 +80,10 @@ def _item_error(exc: BaseException) -> ValidationError | None:
 class TaskStateWriter:
     def __init__(self, repo: Repository, *, lease_s: int, max_attempts: int,
                  clock: Callable[[], float] = time.time, max_claims_per_consumer: int = 64,
-                 max_long_polls: int = 200) -> None:
+                 max_long_polls: int = 200, default_tester: str = "compass") -> None:
         self._repo = repo
+        # The tester that runs rows compass-ci's own service wrote (they name none).
+        self._default_tester = default_tester
         self._lease_ms = lease_s * 1000
         self.lease_s = lease_s
         self._max_attempts = max_attempts
@@ -223,6 +226,11 @@ class TaskStateWriter:
         occupied: dict[int, tuple[str, str]] = {
             tid: (t.bad_job_id, t.error_id) for tid, t in known.items()}
         by_pair: dict[tuple[str, str], SubmitResult] = {}
+        # Rows about the same jobs that others wrote (compass-ci's bisect service: random
+        # ids, no error key) are the same task: never create a second one beside them.
+        for task in await self._repo.tasks_of_bad_jobs([i.bad_job_id for i in items]):
+            by_pair.setdefault((task.bad_job_id, task.error_id),
+                               SubmitResult(task, created=False))
         rows: list[dict[str, Any]] = []
         results: list[SubmitResult | tuple[str, str]] = []
         now_s, now_ms = int(self._clock()), self._now_ms()
@@ -346,7 +354,9 @@ class TaskStateWriter:
             slots = min(slots, free)
             if slots <= 0:
                 return []
-            tasks = await self._repo.claimable_tasks(testers, slots)
+            # compass-ci's own rows name no tester: the default tester runs them.
+            names = [*testers, ""] if self._default_tester in testers else list(testers)
+            tasks = await self._claimable(names, slots)
             now = self._now_ms()
             claimed = []
             for task in tasks:
@@ -361,6 +371,27 @@ class TaskStateWriter:
                 log.info("task_claimed", task_id=task.id, consumer_id=consumer_id,
                          claim=task.claims + 1)
             return claimed
+
+    async def _claimable(self, testers: Sequence[str], slots: int) -> list[Task]:
+        """Waiting tasks for ``testers``; rows another service wrote are completed from
+        their bad job first, or failed with the reason when they can never run."""
+        ready: list[Task] = []
+        for task in await self._repo.claimable_tasks(testers, slots):
+            if task.status is not TaskStatus.WAIT:  # Manticore's '=' ignores case
+                continue
+            if needs_adoption(task):
+                adopted = await adopt(self._repo, task, self._default_tester)
+                if adopted.task is None:
+                    await self._repo.mark_failed(task.id, attempts=task.attempts,
+                                                 last_error=adopted.problem or "cannot run")
+                    log.warning("task_not_runnable", task_id=task.id,
+                                bad_job_id=task.bad_job_id, reason=adopted.problem)
+                    continue
+                task = adopted.task
+                log.info("task_adopted", task_id=task.id, bad_job_id=task.bad_job_id,
+                         git_url=task.git_url)
+            ready.append(task)
+        return ready
 
     async def claim_waiting(self, consumer_id: str, slots: int, testers: Sequence[str],
                             wait_s: float) -> list[Task]:
