@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from common.logging import configure_logging
 from common.repository import Repository
 from consumer.client import ProducerClient
 from consumer.health import HealthState, Metrics, start_health_server
+from consumer.redact import SECRET_NAME, Scrubber, secrets_in
 from consumer.settings import ConsumerSettings
 from consumer.worker import Worker
 
@@ -33,8 +35,28 @@ ENV_HELP = """environment (see README for the full table):
   BISECT_WORK_DIR, BISECT_TASK_TIMEOUT_S, BISECT_TIMEOUT_ACTION, BISECT_GRACE_S,
   BISECT_KILL_GRACE_S, BISECT_POLL_MIN_S, BISECT_POLL_MAX_S, BISECT_CONSUMER_HTTP_HOST,
   BISECT_CONSUMER_HTTP_PORT (0: off), BISECT_PRODUCER_TIMEOUT_S, BISECT_FINISH_RETRY_S,
-  BISECT_DRAIN, BISECT_ENGINE_COMMAND, BISECT_LOG_LEVEL, BISECT_LOG_FORMAT
+  BISECT_DRAIN, BISECT_ENGINE_COMMAND, BISECT_LOG_LEVEL, BISECT_LOG_FORMAT,
+  BISECT_SANDBOX (auto|user|bwrap|none), BISECT_SANDBOX_USER, BISECT_SANDBOX_PASS_ENV,
+  BISECT_CACHE_MAX_GB, BISECT_SCHEDULER_URL, BISECT_COMPASS_ACCOUNT, BISECT_COMPASS_TOKEN
 """
+
+
+def describe_settings(settings: ConsumerSettings) -> str:
+    """The settings for ``--check-config``: every value but the secrets."""
+    shown = []
+    for item in dataclasses.fields(settings):
+        if not item.repr:
+            continue
+        value = getattr(settings, item.name)
+        if item.name == "db_url":
+            value = value.redacted()
+        shown.append(f"{item.name}={value!r}")
+    profiles = {name: p.tester_spec() for name, p in settings.testers.items()}
+    known = [settings.token, settings.compass_token, settings.db_url.password,
+             *secrets_in(os.environ),
+             *(v for spec in profiles.values() for k, v in spec.items()
+               if isinstance(v, str) and SECRET_NAME.search(k))]
+    return Scrubber(known).text("ConsumerSettings(" + ", ".join(shown) + ")")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -111,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = dataclasses.replace(settings, drain=True)
     structlog.contextvars.bind_contextvars(consumer_id=settings.consumer_id)
     if args.check_config:
-        print(settings)
+        print(describe_settings(settings))
         return 0
     if not settings.token:
         log.warning("no_consumer_token", hint="set BISECT_CONSUMER_TOKEN")

@@ -9,8 +9,6 @@ The names are what the consumer advertises in its claims.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import re
 from collections.abc import Mapping
@@ -18,19 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import ConfigError
+from consumer.engine.testers import tester_fingerprint as engine_fingerprint
 
 COMPASS = "compass"
 KINDS = frozenset({"command", "compass"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 # Keys that are about this consumer, not about how a commit is judged.
 _CONSUMER_KEYS = frozenset({"slots"})
-# Where the engine may define the fingerprint function (first found wins).
-_ENGINE_FINGERPRINT = (
-    ("consumer.engine.fingerprint", "tester_fingerprint"),
-    ("consumer.engine.testers", "tester_fingerprint"),
-    ("consumer.engine.tester", "tester_fingerprint"),
-    ("consumer.engine.spec", "tester_fingerprint"),
-)
 
 
 @dataclass(frozen=True)
@@ -92,6 +84,12 @@ def _validate(name: str, raw: Any, variable: str) -> TesterProfile:
     if env is not None and (not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         raise ConfigError(f"{where}: env must map strings to strings")
+    network = raw.get("network")
+    if network is not None and not isinstance(network, bool):
+        raise ConfigError(f"{where}: network must be true or false")
+    base_dir = raw.get("base_dir")
+    if base_dir is not None and (not isinstance(base_dir, str) or not base_dir.startswith("/")):
+        raise ConfigError(f"{where}: base_dir must be an absolute path")
     slots = raw.get("slots")
     if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int)
                               or slots < 1):
@@ -129,25 +127,9 @@ def load_profiles(*, inline: str | None, path: str | None,
     return profiles
 
 
-def fallback_fingerprint(tester: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of what decides a verdict (not the name or timeout)."""
-    material = {k: v for k, v in tester.items() if k not in ("name", "timeout")}
-    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
 def tester_fingerprint(tester: Mapping[str, Any]) -> str:
     """The fingerprint the engine puts on its verdicts, so stored verdicts are found again.
 
-    The engine owns the definition; it is imported lazily so this module works before (and
-    without) the engine package, falling back to :func:`fallback_fingerprint`.
+    One definition, the engine's (``consumer.engine.testers.tester_fingerprint``).
     """
-    for module_name, attr in _ENGINE_FINGERPRINT:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        function = getattr(module, attr, None)
-        if callable(function):
-            return str(function(dict(tester)))
-    return fallback_fingerprint(tester)
+    return engine_fingerprint(dict(tester))

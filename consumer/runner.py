@@ -4,17 +4,23 @@ The spec goes in on stdin; JSON-line events come out on stdout and are recorded 
 arrive; stderr (the engine's logs) is copied to this process's log, bounded. A timeout or a
 stop order kills the whole process group (SIGTERM, then SIGKILL), so the engine's test runs
 die with it. :func:`decide` turns what happened into the ``finish`` call for the producer.
+
+The engine runs untrusted tests, so it gets no secret: its environment is built from an
+allow-list (:func:`engine_environment`), the compass account reaches it inside the spec, it
+gets SIGTERM when the consumer dies (parent-death signal, even by SIGKILL), and every event
+it sends is scrubbed of the consumer's secrets (``consumer/redact.py``) before it is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +29,10 @@ import structlog
 from common.errors import BisectError
 from common.models import FinishOutcome, StoredVerdict
 from consumer.client import ClaimedTask
+from consumer.engine.sandbox import PASS_ENV_ENV, parse_pass_env, set_parent_death_signal
 from consumer.profiles import TesterProfile
 from consumer.recorder import InvalidEvent, Recorder
+from consumer.redact import Scrubber, secrets_in
 from consumer.settings import ConsumerSettings, TimeoutAction
 
 log = structlog.get_logger(__name__)
@@ -39,6 +47,38 @@ MAX_LIST_ITEMS = 100
 
 STOP_SHUTDOWN = "shutdown"  # the consumer is stopping: release the task
 STOP_CANCELLED = "cancelled"  # the producer says the task was cancelled
+
+# What the engine inherits from the consumer: how to run Python and reach git servers, how
+# to log, and how to sandbox tests. Tokens, the database URL and everything else stay here.
+ENGINE_ENV_ALLOW = (
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+    "PYTHONUNBUFFERED", "BISECT_LOG_LEVEL", "BISECT_LOG_FORMAT", "SSH_AUTH_SOCK",
+    "GIT_SSH_COMMAND", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+    "NO_PROXY", "BISECT_SANDBOX_USER", "BISECT_CACHE_MAX_GB", PASS_ENV_ENV,
+)
+# The consumer's default sandbox (an engine without BISECT_SANDBOX runs tests unsandboxed,
+# as bisect-run does).
+CONSUMER_SANDBOX_DEFAULT = "auto"
+
+
+def engine_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The engine's whole environment, from the consumer's (``os.environ`` by default)."""
+    source = os.environ if environ is None else environ
+    env = {k: source[k] for k in ENGINE_ENV_ALLOW if k in source}
+    for name in parse_pass_env(source.get(PASS_ENV_ENV, "")):
+        if name in source:
+            env[name] = source[name]
+    env["BISECT_SANDBOX"] = source.get("BISECT_SANDBOX") or CONSUMER_SANDBOX_DEFAULT
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def task_timeout_s(task_timeout: float | None, consumer_timeout_s: float) -> float:
+    """How long a bisection may run here: the task's own limit, never more than this
+    consumer's ``BISECT_TASK_TIMEOUT_S`` (a submitter cannot hold a slot for a week)."""
+    if task_timeout is None or task_timeout <= 0:
+        return consumer_timeout_s
+    return min(float(task_timeout), consumer_timeout_s)
 
 
 class SpecError(BisectError):
@@ -74,8 +114,12 @@ def build_spec(task: ClaimedTask, profile: TesterProfile, *, settings: ConsumerS
     }
     if profile.kind == "compass":
         # A compass tester reruns the bad job at other commits: it needs to know which job,
-        # where to submit and where the jobs table is. Account and token reach the engine
-        # through its inherited environment (BISECT_COMPASS_ACCOUNT/_TOKEN), never the spec.
+        # where to submit and where the jobs table is. The account and its token travel in
+        # the spec (stdin), never in the engine's environment, where a test could read them.
+        if settings.compass_account:
+            tester.setdefault("my_account", settings.compass_account)
+        if settings.compass_token:
+            tester.setdefault("my_token", settings.compass_token)
         spec["bad_job_id"] = task.bad_job_id
         spec["db_url"] = settings.db_url.to_url()
         spec["scheduler_url"] = settings.scheduler_url
@@ -184,13 +228,20 @@ class BisectionRun:
     """Runs the engine once. :meth:`stop` may be called at any time, from any task."""
 
     def __init__(self, command: Sequence[str], spec: dict[str, Any], recorder: Recorder, *,
-                 timeout_s: float, kill_grace_s: float, work_dir: str | None = None) -> None:
+                 timeout_s: float, kill_grace_s: float, work_dir: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         self._command = list(command)
         self._spec = spec
+        source = os.environ if environ is None else environ
+        self._env = engine_environment(source)
+        self._scrub = Scrubber(secrets_in(source, spec))
         self._recorder = recorder
         self._timeout_s = timeout_s
         self._kill_grace_s = kill_grace_s
         self._work_dir = work_dir
+        # The engine starts in the work root: nothing of the consumer's own folder is where
+        # a test's relative path could find it.
+        self._engine_cwd = os.path.dirname(os.path.abspath(work_dir)) if work_dir else None
         self._stop = asyncio.Event()
         self.stop_reason: str | None = None
         self.pid: int | None = None
@@ -209,12 +260,15 @@ class BisectionRun:
         started = time.monotonic()
         if self._stop.is_set():
             return RunResult(None, None, stop_reason=self.stop_reason)
-        if self._work_dir:
-            await asyncio.to_thread(os.makedirs, os.path.dirname(self._work_dir) or ".",
-                                    exist_ok=True)
+        cwd = self._engine_cwd
+        if cwd is not None:
+            await asyncio.to_thread(os.makedirs, cwd, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
             *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=self._env, cwd=cwd,
+            # SIGTERM when the consumer dies, even by SIGKILL: the engine then stops its
+            # test and removes its worktrees instead of running on for hours.
+            preexec_fn=functools.partial(set_parent_death_signal, signal.SIGTERM))
         self.pid = proc.pid
         self.log.info("engine_started", pid=proc.pid)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -342,6 +396,7 @@ class BisectionRun:
         if not isinstance(event, dict):
             self._garbage_line(text)
             return
+        event = self._scrub.any(event)
         try:
             await self._recorder.handle(event)
         except InvalidEvent as exc:
@@ -350,7 +405,8 @@ class BisectionRun:
     def _garbage_line(self, text: str, why: str = "not a JSON object") -> None:
         self._garbage += 1
         if self._garbage <= MAX_GARBAGE_LOGS:
-            self.log.warning("engine_output_garbage", line=text[:200], why=why)
+            self.log.warning("engine_output_garbage", line=self._scrub.text(text[:200]),
+                             why=self._scrub.text(why))
 
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
         partial = b""
@@ -369,7 +425,8 @@ class BisectionRun:
             self._stderr_line(partial)
 
     def _stderr_line(self, raw: bytes) -> None:
-        text = raw[:MAX_STDERR_CHARS * 4].decode("utf-8", errors="replace").rstrip()
+        text = self._scrub.text(raw[:MAX_STDERR_CHARS * 4].decode("utf-8", errors="replace")
+                                ).rstrip()
         if not text:
             return
         self._last_stderr = text[-500:]

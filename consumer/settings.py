@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from common.errors import ConfigError
+from common.errors import ConfigError, ValidationError
 from common.settings import DbUrl, Env
+from consumer.engine.sandbox import DEFAULT_USER as DEFAULT_SANDBOX_USER
+from consumer.engine.sandbox import Sandbox, SandboxMode
 from consumer.profiles import TesterProfile, load_profiles
 
 DEFAULT_PRODUCER_URL = "http://127.0.0.1:8080"
@@ -35,6 +37,9 @@ DEFAULT_PRODUCER_TIMEOUT_S = 10.0
 DEFAULT_FINISH_RETRY_S = 300.0
 DEFAULT_LEASE_S = 30.0  # until the producer's first answer says otherwise
 DEFAULT_ENGINE_COMMAND = (sys.executable, "-m", "consumer.engine", "--spec", "-")
+DEFAULT_SANDBOX = SandboxMode.AUTO  # tests as BISECT_SANDBOX_USER when root
+# The values .env.example ships with: a deployment that kept them has no secret at all.
+PLACEHOLDER_PREFIX = "change-me"
 _CONSUMER_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _BASE_DIR = os.path.join(tempfile.gettempdir(), "bisect-task")
 
@@ -73,6 +78,13 @@ class ConsumerSettings:
     testers: Mapping[str, TesterProfile] = field(default_factory=dict)
     # compass-ci's scheduler, for the `compass` tester (empty: compass tasks cannot run here).
     scheduler_url: str = ""
+    # The account compass jobs are submitted as; handed to the engine in the spec only.
+    compass_account: str = field(default="", repr=False)
+    compass_token: str = field(default="", repr=False)
+    # How tests run (consumer/engine/sandbox.py); the engines get these through their env.
+    sandbox: SandboxMode = DEFAULT_SANDBOX
+    sandbox_user: str = DEFAULT_SANDBOX_USER
+    cache_max_gb: float | None = None  # BISECT_CACHE_MAX_GB: least recently used evicted
 
     @property
     def tester_names(self) -> list[str]:
@@ -112,15 +124,32 @@ class ConsumerSettings:
                 raise ConfigError(f"BISECT_ENGINE_COMMAND: {exc}") from None
             if not engine_command:
                 raise ConfigError("BISECT_ENGINE_COMMAND: empty command")
+        token = env.get_str("BISECT_CONSUMER_TOKEN", "")
+        compass_token = env.get_str("BISECT_COMPASS_TOKEN", "")
+        for name, value in (("BISECT_CONSUMER_TOKEN", token),
+                            ("BISECT_COMPASS_TOKEN", compass_token)):
+            if value.lower().startswith(PLACEHOLDER_PREFIX):
+                raise ConfigError(f"{name}: still the placeholder from .env.example; "
+                                  "generate one: python -c \"import secrets; "
+                                  "print(secrets.token_hex(24))\"")
+        sandbox = _sandbox(env)
+        cache_max_gb = (env.get_float("BISECT_CACHE_MAX_GB", 0.0, minimum=0.001)
+                        if env.raw("BISECT_CACHE_MAX_GB") is not None else None)
         scheduler_url = env.get_str("BISECT_SCHEDULER_URL", "").rstrip("/")
         if scheduler_url and urlsplit(scheduler_url).scheme not in ("http", "https"):
             raise ConfigError(f"BISECT_SCHEDULER_URL: expected http(s)://host[:port], "
                               f"got {scheduler_url!r}")
         return cls(
             scheduler_url=scheduler_url,
+            compass_account=env.get_str("BISECT_COMPASS_ACCOUNT", ""),
+            compass_token=compass_token,
+            sandbox=sandbox.mode,  # resolved: auto became user or none
+            sandbox_user=sandbox.user or env.get_str("BISECT_SANDBOX_USER",
+                                                     DEFAULT_SANDBOX_USER),
+            cache_max_gb=cache_max_gb,
             db_url=env.db_url(),
             producer_url=producer_url,
-            token=env.get_str("BISECT_CONSUMER_TOKEN", ""),
+            token=token,
             consumer_id=consumer_id,
             slots=env.get_int("BISECT_CONSUMER_SLOTS", DEFAULT_SLOTS, minimum=1, maximum=256),
             poll_min_s=poll_min,
@@ -147,3 +176,16 @@ class ConsumerSettings:
             testers=load_profiles(inline=env.raw("BISECT_TESTERS"),
                                   path=env.raw("BISECT_TESTERS_FILE")),
         )
+
+
+def _sandbox(env: Env) -> Sandbox:
+    """The sandbox the consumer's engines will use, checked now so that a missing bwrap or
+    user stops the consumer at start, not every task later."""
+    wanted = {"BISECT_SANDBOX": env.get_str("BISECT_SANDBOX", DEFAULT_SANDBOX.value)}
+    for name in ("BISECT_SANDBOX_USER", "BISECT_SANDBOX_PASS_ENV"):
+        if env.raw(name) is not None:
+            wanted[name] = env.get_str(name, "")
+    try:
+        return Sandbox.from_env(wanted)
+    except ValidationError as exc:
+        raise ConfigError(f"{exc.field}: {exc.reason}") from None

@@ -11,7 +11,7 @@ import pytest
 
 from common.errors import ConfigError
 from consumer import profiles as profiles_module
-from consumer.profiles import COMPASS, fallback_fingerprint, load_profiles
+from consumer.profiles import COMPASS, load_profiles
 from consumer.settings import (
     DEFAULT_ENGINE_COMMAND,
     DEFAULT_HTTP_PORT,
@@ -107,16 +107,18 @@ def test_fingerprint_ignores_name_and_timeout() -> None:
     a = {"kind": "command", "name": "a", "command": ["x"], "timeout": 5}
     b = {"kind": "command", "name": "b", "command": ["x"], "timeout": 50}
     c = {"kind": "command", "name": "a", "command": ["y"]}
-    assert fallback_fingerprint(a) == fallback_fingerprint(b) != fallback_fingerprint(c)
     fp = profiles_module.tester_fingerprint
     assert fp(a) == fp(b) != fp(c)
 
 
-def test_engine_fingerprint_agrees_with_fallback_when_present() -> None:
-    testers = pytest.importorskip("consumer.engine.testers")
-    profile = {"kind": "command", "name": "a", "command": ["x"], "errid_regex": "E(.*)"}
+def test_fingerprint_has_one_home_the_engine() -> None:
+    from consumer.engine import testers
+
+    profile = {"kind": "compass", "name": "a", "my_account": "x", "my_token": "t"}
     assert profiles_module.tester_fingerprint(profile) == testers.tester_fingerprint(profile)
-    assert profiles_module.fallback_fingerprint(profile) == testers.tester_fingerprint(profile)
+    # The compass account travels in the spec now: it must not change which verdicts match.
+    assert profiles_module.tester_fingerprint(profile) == profiles_module.tester_fingerprint(
+        {"kind": "compass", "name": "a"})
 
 
 def test_main_exits_2_on_config_error() -> None:
@@ -143,3 +145,36 @@ def test_remove_empty_task_dirs(tmp_path: Path) -> None:
     assert remove_empty_task_dirs(str(tmp_path)) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2-1", "note"]
     assert remove_empty_task_dirs(str(tmp_path / "missing")) == 0
+
+
+@pytest.mark.parametrize("name", ["BISECT_CONSUMER_TOKEN", "BISECT_COMPASS_TOKEN"])
+def test_placeholder_tokens_from_env_example_are_refused(name: str) -> None:
+    example = (Path(__file__).resolve().parents[3] / ".env.example").read_text()
+    placeholder = next((line.split("=", 1)[1] for line in example.splitlines()
+                        if line.startswith(f"{name}=")), "") or "change-me-token"
+    with pytest.raises(ConfigError, match=f"{name}: still the placeholder"):
+        ConsumerSettings.from_env({name: placeholder})
+
+
+def test_sandbox_settings() -> None:
+    import os
+
+    s = ConsumerSettings.from_env({})
+    assert s.sandbox.value == ("user" if os.geteuid() == 0 else "none")
+    with pytest.raises(ConfigError, match="BISECT_SANDBOX: expected one of"):
+        ConsumerSettings.from_env({"BISECT_SANDBOX": "jail"})
+    with pytest.raises(ConfigError, match="BISECT_SANDBOX_PASS_ENV"):
+        ConsumerSettings.from_env({"BISECT_SANDBOX_PASS_ENV": "BISECT_CONSUMER_TOKEN"})
+    with pytest.raises(ConfigError, match="BISECT_CACHE_MAX_GB"):
+        ConsumerSettings.from_env({"BISECT_CACHE_MAX_GB": "0"})
+    assert ConsumerSettings.from_env({"BISECT_CACHE_MAX_GB": "20"}).cache_max_gb == 20
+
+
+def test_secrets_are_not_in_the_settings_repr() -> None:
+    s = ConsumerSettings.from_env({
+        "BISECT_CONSUMER_TOKEN": "tok-Zq9xx", "BISECT_COMPASS_TOKEN": "ctok-Zq9xx",
+        "BISECT_DB_URL": "mysql://u:pw-Zq9xx@db:3306/bisect"})
+    assert s.compass_token == "ctok-Zq9xx"
+    from consumer.main import describe_settings
+
+    assert "Zq9xx" not in describe_settings(s)
