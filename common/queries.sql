@@ -46,6 +46,15 @@ SELECT id, bad_job_id, error_id, bisect_status FROM bisect ORDER BY id DESC LIMI
 SELECT id, bad_job_id, error_id, bisect_status FROM bisect WHERE bisect_status = %(status)s
 ORDER BY id DESC LIMIT %(limit)s
 
+-- Rows nobody completed for bisect-task yet (compass-ci's own service writes no error_key).
+-- name: foreign_rows_created_since
+SELECT id, bad_job_id, error_id, bisect_status, created_at, updated_at FROM bisect
+WHERE error_key = '' AND created_at >= %(since)s ORDER BY created_at DESC LIMIT 100
+
+-- name: foreign_rows_updated_since
+SELECT id, bad_job_id, error_id, bisect_status, created_at, updated_at FROM bisect
+WHERE error_key = '' AND updated_at >= %(since)s ORDER BY updated_at DESC LIMIT 100
+
 -- name: task_ids_by_status
 SELECT id FROM bisect WHERE bisect_status = %(status)s AND id > %(after)s ORDER BY id ASC LIMIT %(limit)s
 

@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pymysql
+
 from common import ids
 from common.compass_job import CompassJob, Source
 from common.db import Database
@@ -34,6 +36,9 @@ from common.schema import (
 from common.settings import Dialect
 
 PAGE_LIMIT = 1000  # Manticore's default max_matches: never ask for more in one SELECT
+# compass-ci's bisect container inserts this task at every start (compass-ci.md §4.3).
+LEGACY_TEST_ERRID = "test_errid_123"
+COEXISTENCE_WINDOW_S = 24 * 3600
 
 
 def now_s() -> int:
@@ -383,6 +388,43 @@ class Repository:
                     await self.db.execute(add_column_ddl(self.dialect, table, column))
                     added.append(f"{table.name}.{column.name}")
         return added
+
+    async def schema_warnings(self, *, now: int | None = None,
+                              window_s: int = COEXISTENCE_WINDOW_S) -> list[str]:
+        """What an operator must know before bisect-task runs on this database: compass-ci
+        tables in another layout (never altered here), and signs that compass-ci's own bisect
+        container still uses the ``bisect`` table (it resets every ``processing`` row to
+        ``wait`` when it stops, and inserts rows every 5 minutes)."""
+        warnings: list[str] = []
+        report = await self.check_schema()
+        for name in sorted(FOREIGN_TABLES):
+            if report.get(name):
+                warnings.append(
+                    f"compass-ci's table {name} lacks {', '.join(report[name])}: bisect-task "
+                    "reads compass-ci's compact layout (sbin/manti-table-{name}.sql) and "
+                    "never alters compass-ci's tables".replace("{name}", name))
+        if "bisect" in report.get("", []):
+            return warnings
+        since = (now or now_s()) - window_s
+        try:
+            found = {int(row["id"]): row for name in ("foreign_rows_created_since",
+                                                      "foreign_rows_updated_since")
+                     for row in await self.db.fetch(self._q[name], {"since": since})}
+        except pymysql.err.MySQLError:  # no error_key column yet: init-db has not run
+            return warnings
+        rows = [found[key] for key in sorted(found)]
+        if any(_text(row["error_id"]) == LEGACY_TEST_ERRID for row in rows):
+            warnings.append(
+                f"a {LEGACY_TEST_ERRID!r} task was written lately: compass-ci's bisect "
+                "container writes one at every start. Stop it before bisect-task runs on this "
+                "table (README: Migrating from compass-ci's bisect service)")
+        written = [row for row in rows if _text(row["error_id"]) != LEGACY_TEST_ERRID]
+        if written:
+            warnings.append(
+                f"{len(written)} bisect rows were written or changed in the last "
+                f"{window_s // 3600} h by another service (no bisect-task key), e.g. id "
+                f"{written[0]['id']}: is compass-ci's bisect container still running?")
+        return warnings
 
     async def require_schema(self) -> None:
         report = await self.check_schema()
