@@ -86,12 +86,21 @@ def parse_error_id(value: Any, field: str = "error_id") -> str:
         raise ValidationError(field, "is required")
     if not isinstance(value, str) or value == "":
         raise ValidationError(field, "must be a non-empty string")
+    _unicode(value, field)
     if len(value.encode("utf-8")) > MAX_ERROR_ID_BYTES:
         raise ValidationError(field, f"is longer than {MAX_ERROR_ID_BYTES} bytes")
     if any(ch.isspace() or ord(ch) < 32 for ch in value):
         # compass-ci separates error ids by spaces: an id never contains one.
         raise ValidationError(field, "must not contain whitespace or control characters")
     return value
+
+
+def _unicode(value: str, field: str) -> None:
+    """JSON may carry a lone surrogate ("\\ud800"), which no database takes: a 4xx here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(field, "holds a lone surrogate; not valid Unicode text") from None
 
 
 def _rev(body: dict[str, Any], name: str) -> str | None:
@@ -120,6 +129,7 @@ def parse_submit(body: Any, repo_url_allow: tuple[str, ...], *,
                                         "BISECT_TESTERS lists them)")
     repo_url = _opt_str(data, "repo_url")
     if repo_url is not None:
+        _unicode(repo_url, "repo_url")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in repo_url):
             raise ValidationError("repo_url", "must not contain NUL or control characters")
         if len(repo_url) > MAX_REPO_URL_LEN:

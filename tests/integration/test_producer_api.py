@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from common.models import Step, TaskStatus, Verdict
 from common.repository import Repository
 from common.settings import DbUrl
 from producer.routes import ROUTES
+from producer.settings import ProducerSettings
 from tests.producer_support import (
     CONSUMER,
     WRITE,
@@ -22,10 +24,15 @@ from tests.producer_support import (
 ERR = "last_state.test.pkgbuild.exit_code.1"
 
 
+def _settings(db_url: DbUrl, **overrides: Any) -> ProducerSettings:
+    """The test producer, with the ``demo`` tester these tests use known to it."""
+    return producer_settings(db_url, **{"known_testers": frozenset({"demo"}), **overrides})
+
+
 async def test_submit_from_job_then_same_pair_returns_existing(repo: Repository,
                                                                db_url: DbUrl) -> None:
-    await repo.insert_jobs([failed_job(42, ERR)])
-    async with running_producer(producer_settings(db_url)) as client:
+    await repo.insert_job_rows([failed_job(42, ERR)])
+    async with running_producer(_settings(db_url)) as client:
         first = await client.post("/api/v1/tasks", json={"bad_job_id": 42, "error_id": ERR},
                                   headers=WRITE)
         assert first.status == 201, await first.text()
@@ -44,7 +51,7 @@ async def test_submit_from_job_then_same_pair_returns_existing(repo: Repository,
 
 async def test_fifty_concurrent_submissions_make_one_task(repo: Repository,
                                                           db_url: DbUrl) -> None:
-    async with running_producer(producer_settings(db_url)) as client:
+    async with running_producer(_settings(db_url)) as client:
         body = {"bad_job_id": "ext-1", "error_id": ERR, "repo_url": "https://git.example/a.git",
                 "bad_commit": "abc1234"}
         answers = await asyncio.gather(*[client.post("/api/v1/tasks", json=body, headers=WRITE)
@@ -57,7 +64,7 @@ async def test_fifty_concurrent_submissions_make_one_task(repo: Repository,
 
 
 async def test_batch_submit_answers_per_task(repo: Repository, db_url: DbUrl) -> None:
-    async with running_producer(producer_settings(db_url)) as client:
+    async with running_producer(_settings(db_url)) as client:
         tasks = [{"bad_job_id": f"b{i}", "error_id": ERR, "repo_url": "https://git.example/a",
                   "bad_commit": "abc1234"} for i in range(300)]
         tasks.append(tasks[0])  # the same pair twice in one batch
@@ -98,7 +105,7 @@ async def test_batch_submit_answers_per_task(repo: Repository, db_url: DbUrl) ->
 ])
 async def test_bad_submissions_name_the_field_and_write_nothing(
         repo: Repository, db_url: DbUrl, body: str, status: int, field: str) -> None:
-    async with running_producer(producer_settings(db_url)) as client:
+    async with running_producer(_settings(db_url)) as client:
         answer = await client.post("/api/v1/tasks", data=body,
                                    headers={**WRITE, "Content-Type": "application/json"})
         assert answer.status == status, await answer.text()
@@ -109,7 +116,7 @@ async def test_bad_submissions_name_the_field_and_write_nothing(
 
 
 async def test_body_over_the_limit_is_413(repo: Repository, db_url: DbUrl) -> None:
-    async with running_producer(producer_settings(db_url, max_body_bytes=2048)) as client:
+    async with running_producer(_settings(db_url, max_body_bytes=2048)) as client:
         answer = await client.post("/api/v1/tasks", data="x" * 10_000,
                                    headers={**WRITE, "Content-Type": "application/json"})
         assert answer.status == 413
@@ -118,7 +125,7 @@ async def test_body_over_the_limit_is_413(repo: Repository, db_url: DbUrl) -> No
 
 async def test_tokens(repo: Repository, db_url: DbUrl) -> None:
     body = {"bad_job_id": "1", "error_id": ERR}
-    async with running_producer(producer_settings(db_url)) as client:
+    async with running_producer(_settings(db_url)) as client:
         assert (await client.post("/api/v1/tasks", json=body)).status == 401
         wrong = await client.post("/api/v1/tasks", json=body,
                                   headers={"Authorization": "Bearer nope"})
@@ -128,14 +135,14 @@ async def test_tokens(repo: Repository, db_url: DbUrl) -> None:
         assert (await client.post("/api/v1/internal/claim", json=claim,
                                   headers=WRITE)).status == 403
         assert (await client.get("/api/v1/tasks")).status == 200
-    async with running_producer(producer_settings(db_url, open_reads=False)) as client:
+    async with running_producer(_settings(db_url, open_reads=False)) as client:
         assert (await client.get("/api/v1/tasks")).status == 401
         assert (await client.get("/api/v1/tasks", headers=WRITE)).status == 200
         assert (await client.get("/healthz")).status == 200
 
 
 async def test_list_filters_paging_and_counts(repo: Repository, db_url: DbUrl) -> None:
-    async with running_producer(producer_settings(db_url)) as client:
+    async with running_producer(_settings(db_url)) as client:
         tasks = [{"bad_job_id": f"j{i}", "error_id": ERR if i % 2 else "other.err",
                   "repo_url": "https://git.example/a", "bad_commit": "abc1234"}
                  for i in range(30)]
@@ -178,30 +185,39 @@ async def _submit(client, bad_job_id: str = "t1") -> str:  # type: ignore[no-unt
     return str((await answer.json())["task"]["id"])
 
 
+async def _claim_one(client) -> str:  # type: ignore[no-untyped-def]
+    """Claim one demo task as consumer c1; its lease secret."""
+    answer = await client.post("/api/v1/internal/claim", headers=CONSUMER,
+                               json={"consumer_id": "c1", "slots": 1, "testers": ["demo"]})
+    (task,) = (await answer.json())["tasks"]
+    return str(task["lease"])
+
+
 async def test_claim_heartbeat_finish_and_regression_of_states(repo: Repository,
                                                                db_url: DbUrl) -> None:
-    async with running_producer(producer_settings(db_url)) as client:
+    async with running_producer(_settings(db_url)) as client:
         task_id = await _submit(client)
         claim = {"consumer_id": "c1", "slots": 2, "testers": ["demo"]}
         got = await (await client.post("/api/v1/internal/claim", json=claim,
                                        headers=CONSUMER)).json()
         assert [t["id"] for t in got["tasks"]] == [task_id] and got["tasks"][0]["claim"] == 1
+        lease = got["tasks"][0]["lease"]
         again = await (await client.post("/api/v1/internal/claim", json=claim,
                                          headers=CONSUMER)).json()
         assert again["tasks"] == []
         beat = await (await client.post("/api/v1/internal/heartbeat", headers=CONSUMER, json={
-            "consumer_id": "c1", "task_ids": [task_id]})).json()
+            "consumer_id": "c1", "leases": {task_id: lease}})).json()
         assert beat["renewed"] == [task_id]
         other = await (await client.post("/api/v1/internal/heartbeat", headers=CONSUMER, json={
-            "consumer_id": "c2", "task_ids": [task_id]})).json()
+            "consumer_id": "c2", "leases": {task_id: lease}})).json()
         assert other["stop"] == [{"task_id": task_id, "reason": "lease_lost"}]
         await repo.record_step(Step(task_id=int(task_id), attempt=1, seq=0, commit="a" * 40,
                                     verdict=Verdict.BAD))
         stolen = await client.post("/api/v1/internal/finish", headers=CONSUMER, json={
-            "consumer_id": "c2", "task_id": task_id, "outcome": "completed"})
+            "consumer_id": "c2", "task_id": task_id, "outcome": "completed", "lease": lease})
         assert stolen.status == 409
         done = await client.post("/api/v1/internal/finish", headers=CONSUMER, json={
-            "consumer_id": "c1", "task_id": task_id, "outcome": "completed",
+            "consumer_id": "c1", "task_id": task_id, "outcome": "completed", "lease": lease,
             "result": {"bad_commit": "a" * 40, "confidence": 0.97, "verification": "held",
                        "subject": "break it"}})
         assert done.status == 200, await done.text()
@@ -216,37 +232,37 @@ async def test_claim_heartbeat_finish_and_regression_of_states(repo: Repository,
 
 
 async def test_cancel_retry_delete(repo: Repository, db_url: DbUrl) -> None:
-    async with running_producer(producer_settings(db_url)) as client:
+    async with running_producer(_settings(db_url)) as client:
         waiting = await _submit(client, "w1")
         cancelled = await (await client.post(f"/api/v1/tasks/{waiting}/cancel",
                                              headers=WRITE)).json()
         assert cancelled["task"]["status"] == "cancelled"
         running = await _submit(client, "r1")
-        await client.post("/api/v1/internal/claim", headers=CONSUMER,
-                          json={"consumer_id": "c1", "slots": 1, "testers": ["demo"]})
+        lease = await _claim_one(client)
         marked = await (await client.post(f"/api/v1/tasks/{running}/cancel",
                                           headers=WRITE)).json()
         assert marked["task"]["status"] == "processing" and marked["task"]["cancel_requested"]
         beat = await (await client.post("/api/v1/internal/heartbeat", headers=CONSUMER, json={
-            "consumer_id": "c1", "task_ids": [running]})).json()
+            "consumer_id": "c1", "leases": {running: lease}})).json()
         assert beat["stop"] == [{"task_id": running, "reason": "cancelled"}]
         await client.post("/api/v1/internal/finish", headers=CONSUMER, json={
-            "consumer_id": "c1", "task_id": running, "outcome": "failed", "reason": "killed"})
+            "consumer_id": "c1", "task_id": running, "outcome": "failed", "reason": "killed",
+            "lease": lease})
         assert (await repo.get_task(int(running))).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
         failing = await _submit(client, "f1")
-        await client.post("/api/v1/internal/claim", headers=CONSUMER,
-                          json={"consumer_id": "c1", "slots": 1, "testers": ["demo"]})
+        lease = await _claim_one(client)
         await client.post("/api/v1/internal/finish", headers=CONSUMER, json={
-            "consumer_id": "c1", "task_id": failing, "outcome": "failed", "reason": "timeout"})
+            "consumer_id": "c1", "task_id": failing, "outcome": "failed", "reason": "timeout",
+            "lease": lease})
         failed = await repo.get_task(int(failing))
         assert failed is not None and failed.last_error == "timeout"
         retried = await (await client.post(f"/api/v1/tasks/{failing}/retry",
                                            headers=WRITE)).json()
         assert retried["task"]["status"] == "wait" and retried["task"]["retry_count"] == 1
-        await client.post("/api/v1/internal/claim", headers=CONSUMER,
-                          json={"consumer_id": "c1", "slots": 1, "testers": ["demo"]})
+        lease = await _claim_one(client)
         await client.post("/api/v1/internal/finish", headers=CONSUMER, json={
-            "consumer_id": "c1", "task_id": failing, "outcome": "failed", "reason": "again"})
+            "consumer_id": "c1", "task_id": failing, "outcome": "failed", "reason": "again",
+            "lease": lease})
         deleted = await (await client.delete("/api/v1/delete_failed_tasks",
                                               headers=WRITE)).json()
         assert deleted == {"deleted": 1}
@@ -255,7 +271,7 @@ async def test_cancel_retry_delete(repo: Repository, db_url: DbUrl) -> None:
 
 async def test_sweeper_requeues_then_fails_expired_leases(repo: Repository,
                                                           db_url: DbUrl) -> None:
-    settings = producer_settings(db_url, lease_s=1, max_attempts=2)
+    settings = _settings(db_url, lease_s=1, max_attempts=2)
     async with running_producer(settings) as client:
         task_id = await _submit(client)
         claim = {"consumer_id": "c1", "slots": 1, "testers": ["demo"]}
@@ -281,7 +297,7 @@ async def test_second_producer_is_refused(repo: Repository, db_url: DbUrl) -> No
     from producer.errors import WriterConflict
     from producer.singleton import WriterGuard
 
-    async with running_producer(producer_settings(db_url)):
+    async with running_producer(_settings(db_url)):
         second = WriterGuard(repo, "second-producer", 0.2)
         with pytest.raises(WriterConflict, match="test-producer"):
             await second.acquire()
@@ -291,7 +307,7 @@ async def test_second_producer_is_refused(repo: Repository, db_url: DbUrl) -> No
 
 
 async def test_health_metrics_openapi(repo: Repository, db_url: DbUrl) -> None:
-    async with running_producer(producer_settings(db_url)) as client:
+    async with running_producer(_settings(db_url)) as client:
         assert (await (await client.get("/healthz")).json())["status"] == "alive"
         assert (await (await client.get("/readyz")).json())["status"] == "ready"
         await _submit(client)
@@ -329,7 +345,7 @@ async def test_database_down_gives_503_not_a_trace(db_url: DbUrl) -> None:
 
 
 async def test_claim_long_poll_wakes_on_submit(repo: Repository, db_url: DbUrl) -> None:
-    async with running_producer(producer_settings(db_url)) as client:
+    async with running_producer(_settings(db_url)) as client:
         claim = {"consumer_id": "c1", "slots": 1, "testers": ["demo"], "wait_s": 10}
         loop = asyncio.get_running_loop()
         started = loop.time()
