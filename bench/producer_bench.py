@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import signal
 import socket
@@ -28,6 +27,7 @@ from typing import Any
 import aiohttp
 import pymysql
 
+from common.compass_job import job_row as compass_job_row
 from common.db import Database
 from common.logging import configure_logging
 from common.models import Regression
@@ -254,16 +254,26 @@ async def bench_batch_submits(base: str, sizes: Sizes, numbers: Iterator[int], *
 
 # ---------------------------------------------------------------- discovery benchmark
 def job_row(job_id: int, now: int, top: int, errid: str) -> tuple[Any, ...]:
-    """One jobs row in ``JOBS`` column order: a small but realistic ``j``."""
+    """One jobs row in ``JOBS`` column order, shaped as compass-ci's scheduler writes a
+    finished build job (compact layout: codes, errid, full_text_kv, the whole job in j)."""
     suite = SUITES[job_id % len(SUITES)]
-    data = {"result_root": f"/result/{suite}/2026-08-01/vm-2p8g/{job_id}",
-            "upstream_commit": f"{(job_id * 2654435761) % (1 << 160):040x}",
-            "upstream_repo": f"pkg{job_id % 5000}",
-            "upstream_url": f"https://gitee.com/src-openeuler/pkg{job_id % 5000}.git"}
-    failed = errid != ""
-    return (job_id, suite, "functional", now - (top - job_id) // 10, "bench", "vm-2p8g",
-            "openeuler", "aarch64", "finish", "fail" if failed else "success", "complete",
-            errid, json.dumps(data, separators=(",", ":")))
+    package = f"pkg{job_id % 5000}"
+    commit = f"{(job_id * 2654435761) % (1 << 160):040x}"
+    doc = {"suite": suite, "category": "functional", "my_account": "bench",
+           "testbox": "vm-2p8g-1", "arch": "aarch64", "osv": "openeuler@24.03",
+           "tbox_group": "vm-2p8g", "os": "openeuler", "os_version": "24.03",
+           "os_arch": "aarch64",
+           "program": {"makepkg": {"_url": f"https://gitee.com/src-openeuler/{package}.git",
+                                   "commit": commit, "project": package}},
+           "pp": {"makepkg": {"commit": commit, "project": package}},
+           "result_root": f"/result/{suite}/2026-08-01/vm-2p8g/openeuler-24.03-aarch64/"
+                          f"{commit[:12]}/{job_id}"}
+    errids = tuple(errid.split())
+    row = compass_job_row(job_id, doc, stage="finish",
+                          health="abort" if errids else "success", readiness="complete",
+                          errids=errids, submit_time=now - (top - job_id) // 10,
+                          stats={e: 1 for e in errids})
+    return tuple(row[column] for column in ("id", *JOBS.column_names()))
 
 
 def load_jobs(url: DbUrl, ids: range, cursor: int, top: int, new_failure_every: int) -> None:
@@ -315,8 +325,9 @@ async def time_cycles(url: DbUrl, repo: Repository, settings: ProducerSettings, 
 
 
 async def bench_discovery(url: DbUrl, repo: Repository, sizes: Sizes) -> list[Row]:
-    for errid in WHITELISTED_ERRIDS:
-        await repo.upsert_regression(Regression(errid=errid, category="build"))
+    for number, errid in enumerate(WHITELISTED_ERRIDS, start=1):
+        await repo.insert_regression(Regression(id=number, errid=errid, category="build",
+                                                valid="true"))
     settings = ProducerSettings(db_url=url, discovery_enabled=True,
                                 instance_id="bench-discovery")
     # The first half sits at ids above ``sizes.jobs`` so the second, older half fits below.
