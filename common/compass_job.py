@@ -118,6 +118,14 @@ def _str_at(data: Mapping[str, Any], *path: str) -> str | None:
     return node if isinstance(node, str) and node else None
 
 
+MAKEPKG_COMMIT = ("program", "makepkg", "commit")
+
+
+def kv_token(key: str, value: str) -> str:
+    """One ``key=value`` token as compass-ci writes it into ``full_text_kv`` (§2.5)."""
+    return f"{key}={value}"
+
+
 @dataclass(frozen=True)
 class Source:
     """Where the code under test came from, and which ``j`` key selects its commit."""
@@ -134,6 +142,14 @@ class Source:
     def commit_key(self) -> str:
         return ".".join(self.commit_path)
 
+    def full_text_token(self, commit: str) -> str | None:
+        """The ``full_text_kv`` token that names ``commit`` here, when compass-ci writes one
+        (``pp.*`` and ``ss.*`` are in full_text_kv; ``program.*`` and ``upstream_*`` are not)."""
+        for path in (*self.mirrors, self.commit_path):
+            if path[0] in ("pp", "ss") and len(path) == 3:
+                return kv_token(".".join(path), commit)
+        return None
+
 
 def source_of(data: Mapping[str, Any]) -> Source | None:
     """The repository a job tested: build jobs ``program.makepkg``, test jobs ``ss.<pkg>``,
@@ -143,8 +159,7 @@ def source_of(data: Mapping[str, Any]) -> Source | None:
         pp = data.get("pp")
         mirror = (("pp", "makepkg", "commit"),) if isinstance(pp, Mapping) and isinstance(
             pp.get("makepkg"), Mapping) else ()
-        return Source(url, _str_at(data, "program", "makepkg", "commit"),
-                      ("program", "makepkg", "commit"), mirror,
+        return Source(url, _str_at(data, "program", "makepkg", "commit"), MAKEPKG_COMMIT, mirror,
                       package=_str_at(data, "program", "makepkg", "project"))
     ss = data.get("ss")
     if isinstance(ss, Mapping):
@@ -356,17 +371,18 @@ def _kv_tokens(prefix: str, tree: Any) -> Iterator[str]:
     for name, params in tree.items():
         if isinstance(params, Mapping):
             for key, value in params.items():
-                yield f"{prefix}.{name}.{key}={value}"
+                yield kv_token(f"{prefix}.{name}.{key}", str(value))
 
 
 def full_text_kv(doc: Mapping[str, Any]) -> str:
     """compass-ci's ``full_text_kv`` for a job document (§2.5)."""
     tokens = [*_kv_tokens("pp", doc.get("pp")), *_kv_tokens("ss", doc.get("ss"))]
-    tokens += [f"{key}={doc.get(key, '')}" for key in _STRING_COLUMNS]
-    tokens += [f"{key}={doc[key]}" for key in _FULLTEXT_FIELDS if doc.get(key) not in (None, "")]
+    tokens += [kv_token(key, str(doc.get(key, ""))) for key in _STRING_COLUMNS]
+    tokens += [kv_token(key, str(doc[key])) for key in _FULLTEXT_FIELDS
+               if doc.get(key) not in (None, "")]
     machines = doc.get("target_machines")
     if isinstance(machines, list):
-        tokens += [f"target_machines={machine}" for machine in machines]
+        tokens += [kv_token("target_machines", str(machine)) for machine in machines]
     return " ".join(str(token) for token in tokens)
 
 

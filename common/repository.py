@@ -12,7 +12,7 @@ from typing import Any
 import pymysql
 
 from common import ids
-from common.compass_job import CompassJob, Source
+from common.compass_job import MAKEPKG_COMMIT, CompassJob, Source, kv_token
 from common.db import Database
 from common.errors import SchemaError
 from common.models import (
@@ -754,12 +754,12 @@ class Repository:
         error ids and a repository, not submitted by a bisection; by id, above ``after``."""
         if not healths:
             return []
-        words = " | ".join(f"job_health={name}" for name, _ in healths)
+        tokens = " | ".join(kv_token("job_health", name) for name, _ in healths)
         rows = await self.db.fetch(self._q["discovery_jobs_after"], {
             "after": after, "limit": min(limit, PAGE_LIMIT),
             "healths": tuple(code for _, code in healths),
-            # compass-ci's own tokens (§3): names are checked against its code table.
-            "match": f"@full_text_kv job_stage=finish ({words})"})
+            # compass-ci's own tokens (compass-ci.md §3); names come from its code table.
+            "match": f"@full_text_kv {kv_token('job_stage', 'finish')} ({tokens})"})
         return [CompassJob.from_row(row) for row in rows]
 
     async def first_unsettled_job_after(self, after: int, horizon_s: int) -> int | None:
@@ -773,12 +773,11 @@ class Repository:
         ``source`` selects it (newest first, at most 100); the caller compares the rest."""
         params: dict[str, Any] = {"suite": suite, "commit": commit}
         if self.dialect is Dialect.MANTICORE:
-            path = source.mirrors[0] if source.mirrors else source.commit_path
-            if path[0] in ("pp", "ss"):
-                token = f"{path[0]}.{path[1]}.{path[2]}={commit}"
+            token = source.full_text_token(commit)
+            if token is not None:
                 params["match"] = "@full_text_kv " + manticore_escape(token)
                 sql = self._q["finished_jobs_at_token"]
-            elif path == ("program", "makepkg", "commit"):
+            elif source.commit_path == MAKEPKG_COMMIT:
                 sql = self._q["finished_jobs_at_makepkg_commit"]
             else:
                 sql = self._q["finished_jobs_at_upstream_commit"]
