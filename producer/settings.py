@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from common.compass_job import HEALTH_CODES
 from common.errors import ConfigError
 from common.settings import DbUrl, Env
+from common.urls import parse_allow_list
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
@@ -109,7 +110,7 @@ class ProducerSettings:
             api_tokens=api_tokens,
             consumer_tokens=consumer_tokens,
             open_reads=open_reads,
-            repo_url_allow=env.get_list("BISECT_REPO_URL_ALLOW"),
+            repo_url_allow=_allow_list(env.get_list("BISECT_REPO_URL_ALLOW")),
             max_body_bytes=env.get_int("BISECT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES,
                                        minimum=1024),
             lease_s=env.get_int("BISECT_LEASE_SECONDS", DEFAULT_LEASE_S, minimum=1,
@@ -165,6 +166,13 @@ def _legacy_writes(mode: str) -> str:
         raise ConfigError(f"BISECT_LEGACY_WRITES: {mode!r} must be one of "
                           f"{', '.join(LEGACY_WRITE_MODES)}")
     return mode
+
+
+def _allow_list(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """The entries as configured, each checked at start (ConfigError naming the variable),
+    so a bad one never turns a submission into a 500."""
+    parse_allow_list(entries)
+    return entries
 
 
 def _tester_names(value: str | None) -> frozenset[str]:

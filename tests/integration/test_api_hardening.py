@@ -255,3 +255,12 @@ def test_producer_testers_setting() -> None:
     assert profiles.testers == {"compass", "demo", "hang"}
     with pytest.raises(ConfigError, match="BISECT_TESTERS"):
         ProducerSettings.from_env({**base, "BISECT_TESTERS": "rm -rf"})
+
+
+def test_a_bad_allow_list_entry_stops_the_producer_at_start() -> None:
+    base = {"BISECT_DB_URL": "mysql://root@127.0.0.1/x", "BISECT_API_TOKENS": "a",
+            "BISECT_CONSUMER_TOKENS": "b"}
+    with pytest.raises(ConfigError, match="BISECT_REPO_URL_ALLOW"):
+        ProducerSettings.from_env({**base, "BISECT_REPO_URL_ALLOW": "ftp://x/"})
+    allowed = ProducerSettings.from_env({**base, "BISECT_REPO_URL_ALLOW": "https://gitee.com/"})
+    assert allowed.repo_url_allow == ("https://gitee.com/",)
