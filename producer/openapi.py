@@ -63,19 +63,40 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "wait_s": {"type": "number", "minimum": 0, "maximum": 30,
                    "description": "long poll: wait this long for a task when none waits"}}},
     "ClaimResult": {"type": "object", "properties": {
-        "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
-        "lease_seconds": _INT}},
-    "Heartbeat": {"type": "object", "required": ["consumer_id", "task_ids"], "properties": {
-        "consumer_id": _STR, "task_ids": {"type": "array", "items": _TASK_ID}}},
+        "tasks": {"type": "array", "items": {"allOf": [
+            {"$ref": "#/components/schemas/Task"},
+            {"type": "object", "properties": {
+                "claim": _INT,
+                "lease": {"type": "string", "description": "the secret heartbeat and finish "
+                                                           "present for this task"}}}]}},
+        "lease_seconds": _INT,
+        "long_poll": {"type": "boolean",
+                      "description": "false: the claim did not wait (no wait_s, or too many "
+                                     "claims already waiting); poll again after a pause"}}},
+    "Heartbeat": {"type": "object", "required": ["consumer_id", "leases"], "properties": {
+        "consumer_id": _STR,
+        "leases": {"type": "object", "additionalProperties": _STR, "maxProperties": 1000,
+                   "description": "task id: the lease secret its claim answered with"}}},
     "HeartbeatResult": {"type": "object", "properties": {
         "renewed": {"type": "array", "items": _TASK_ID},
         "stop": {"type": "array", "items": {"type": "object", "properties": {
             "task_id": _TASK_ID, "reason": {"enum": ["cancelled", "lease_lost"]}}}},
         "lease_seconds": _INT}},
-    "Finish": {"type": "object", "required": ["consumer_id", "task_id", "outcome"],
-               "properties": {"consumer_id": _STR, "task_id": _TASK_ID,
+    "Finish": {"type": "object", "required": ["consumer_id", "task_id", "lease", "outcome"],
+               "properties": {"consumer_id": _STR, "task_id": _TASK_ID, "lease": _STR,
                               "outcome": {"enum": ["completed", "failed", "released"]},
-                              "reason": _STR, "result": {"type": "object"}}},
+                              "reason": {"type": "string", "maxLength": 4000},
+                              "result": {"$ref": "#/components/schemas/FinishResult"}}},
+    "FinishResult": {
+        "type": "object", "description": "at most 256 KiB as JSON; kept whole in the task's "
+                                         "JSON, left out of list rows",
+        "properties": {
+            "bad_commit": {"type": "string", "maxLength": 255},
+            "first_bad_id": {"type": "string", "maxLength": 255},
+            "first_result_root": {"type": "string", "maxLength": 255},
+            "work_dir": {"type": "string", "maxLength": 255},
+            "verification": {"type": "string", "maxLength": 255},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1}}},
     "Status": {"type": "object", "properties": {"status": _STR}},
     # compass-ci's own shapes (container/bisect/app/controllers.py, branch compact).
     "LegacySubmit": {"type": "object", "required": ["bad_job_id", "error_id"],
