@@ -311,6 +311,9 @@ async def _network(*args: str, url: str, cwd: Path | None = None) -> None:
         await run_git(*args, cwd=cwd)
     except GitError as exc:
         log.warning("git_fetch_failed", url=redact_url(url), error=str(exc)[:2000])
+        if "No space left on device" in str(exc):  # ours to fix, and nothing about a network
+            raise GitError(f"could not fetch {redact_url(url)}: no space left on device in "
+                           "the git cache") from None
         raise GitError(f"could not fetch {redact_url(url)}") from None
 
 
