@@ -25,6 +25,29 @@ def test_compose_file_validates() -> None:
     consumer = config.split("\n  consumer:\n", 1)[1].split("\n  init-db:\n", 1)[0]
     assert "container_name" not in consumer and "ports:" not in consumer
     assert "stop_grace_period: 45s" in consumer
+    # Manticore has no authentication: never published beyond the host's loopback.
+    manticore = config.split("\n  manticore:\n", 1)[1].split("\n  producer:\n", 1)[0]
+    published = re.findall(r"host_ip: (\S+)|published: \"?(\d+)|- (\S+:\d+:\d+)", manticore)
+    assert published, manticore
+    for host_ip, _port, short in published:
+        assert host_ip in ("", "127.0.0.1") and (not short or short.startswith("127.0.0.1:"))
+    assert "host_ip: 127.0.0.1" in manticore or "127.0.0.1:" in manticore
+
+
+def test_compose_publishes_manticore_on_loopback_only() -> None:
+    compose = (ROOT / "compose.yaml").read_text()
+    manticore = compose.split("\n  manticore:\n", 1)[1].split("\n  init-db:\n", 1)[0]
+    mappings = re.findall(r'^\s+- "([^"]+)"', manticore, re.M)
+    assert mappings and all(m.startswith("127.0.0.1:") for m in mappings), mappings
+
+
+def test_env_example_tokens_are_refused_placeholders() -> None:
+    from consumer.settings import PLACEHOLDER_PREFIX
+
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if "=" in line and not line.startswith("#"))
+    for name in ("BISECT_API_TOKENS", "BISECT_CONSUMER_TOKEN"):
+        assert example[name].startswith(PLACEHOLDER_PREFIX), name
 
 
 def test_consumer_grace_fits_stop_grace_period() -> None:
