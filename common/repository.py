@@ -17,6 +17,7 @@ from common.db import Database
 from common.errors import SchemaError
 from common.models import (
     Culprit,
+    EndReason,
     NewTask,
     Regression,
     Step,
@@ -291,6 +292,7 @@ class TaskFilter:
 
     _FRAGMENTS = {
         "status": "bisect_status = %(status)s",
+        "end_reason": "end_reason = %(end_reason)s",
         "error_key": "error_key = %(error_key)s",
         "bad_job_id": "bad_job_id = %(bad_job_id)s",
         "suite": "suite = %(suite)s",
@@ -301,7 +303,10 @@ class TaskFilter:
                  bad_job_id: str | None = None, suite: str | None = None,
                  group_key: str | None = None) -> None:
         self.params: dict[str, Any] = {}
-        if status is not None:
+        if status is TaskStatus.CANCELLED:
+            # A cancel is stored as compass-ci's 'failed' with the reason beside it.
+            self.params["end_reason"] = EndReason.CANCELLED.value
+        elif status is not None:
             self.params["status"] = status.value
         if error_id is not None:
             self.params["error_key"] = ids.text_key(error_id)
@@ -320,6 +325,9 @@ class TaskFilter:
 
     def matches_exactly(self, task: Task) -> bool:
         """Manticore's string ``=`` ignores case: recheck exact values in Python."""
+        wanted = self.params.get("status")
+        if wanted is not None and task.status.value != wanted:
+            return False
         if self.bad_job_id is not None and task.bad_job_id != self.bad_job_id:
             return False
         if self.suite is not None and (task.suite or "") != self.suite:

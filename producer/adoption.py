@@ -26,7 +26,8 @@ class Adoption:
 
 
 def needs_adoption(task: Task) -> bool:
-    return not task.tester or not task.git_url or not task.known_bad_commit
+    """bisect-task names a tester on every row it writes; compass-ci never does."""
+    return not task.tester
 
 
 async def adopt(repo: Repository, task: Task, default_tester: str) -> Adoption:
@@ -34,13 +35,7 @@ async def adopt(repo: Repository, task: Task, default_tester: str) -> Adoption:
     if not task.bad_job_id:
         return Adoption(None, "the row has no bad_job_id (compass-ci's producer stores a "
                               "numeric job id as ''): nothing to bisect")
-    tester = task.tester or default_tester
-    if task.git_url and task.known_bad_commit:
-        await repo.set_task_origin(task, tester=tester, git_url=task.git_url,
-                                   project=task.project or "", suite=task.suite or "",
-                                   known_bad_commit=task.known_bad_commit, name=task.name or "",
-                                   extra=task.extra)
-        return Adoption(dataclasses.replace(task, tester=tester))
+    tester = default_tester
     number = job_number(task.bad_job_id)
     job = await repo.get_job(number) if number is not None else None
     if job is None:

@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 
 from common.errors import DatabaseUnavailable
-from common.models import FinishOutcome, Regression, Step, StoredVerdict, Verdict
+from common.models import Culprit, FinishOutcome, Step, StoredVerdict, Verdict
 from common.repository import Repository
 from consumer import profiles
 from consumer import recorder as recorder_module
@@ -26,7 +26,8 @@ class FakeRepo:
         self.steps: list[Step] = []
         self.verdicts: list[StoredVerdict] = []
         self.progress: list[dict[str, int]] = []
-        self.regressions: list[Regression] = []
+        self.culprits: list[Culprit] = []
+        self.regressions: list[tuple[str, dict[str, Any]]] = []
         self.fail = False
 
     async def record_step(self, step: Step) -> None:
@@ -40,8 +41,11 @@ class FakeRepo:
     async def update_progress(self, task_id: int, **progress: int) -> None:
         self.progress.append({"task_id": task_id, **progress})
 
-    async def upsert_regression(self, record: Regression) -> None:
-        self.regressions.append(record)
+    async def record_culprit(self, culprit: Culprit) -> None:
+        self.culprits.append(culprit)
+
+    async def record_regression(self, errid: str, **fields: Any) -> None:
+        self.regressions.append((errid, fields))
 
 
 def make() -> tuple[Recorder, FakeRepo]:
@@ -129,14 +133,20 @@ async def test_database_outage_does_not_stop_recording() -> None:
 async def test_regression_only_for_found() -> None:
     rec, repo = make()
     await rec.handle({"event": "result", "status": "ambiguous", "candidates": ["a", "b"]})
+    await rec.record_regression("/repo", compass_job=True)
+    assert not repo.culprits and not repo.regressions
+    await rec.handle({"event": "result", "status": "found", "first_bad_commit": "c1",
+                      "confidence": 0.9})
+    # A task outside compass-ci: bisect-task's culprit row only.
     await rec.record_regression("/repo")
-    assert not repo.regressions
-    await rec.handle({"event": "result", "status": "found", "first_bad_commit": "c1"})
-    await rec.record_regression("/repo")
-    reg, = repo.regressions
-    assert (reg.errid, reg.first_bad_commit, reg.bisect_task_id, reg.git_url,
-            reg.bad_job_id) == ("err.1", "c1", 7, "/repo", "job9")
-    assert reg.found_at > 0
+    culprit, = repo.culprits
+    assert (culprit.errid, culprit.first_bad_commit, culprit.bisect_task_id, culprit.git_url,
+            culprit.bad_job_id, culprit.confidence) == ("err.1", "c1", 7, "/repo", "job9", 0.9)
+    assert culprit.found_at > 0 and not repo.regressions
+    # A compass-ci job: compass-ci's regression row too, whitelisted only when discovered.
+    await rec.record_regression("/repo", compass_job=True, discovered=True, category="build")
+    assert repo.regressions == [("err.1", {"bad_job_id": "job9", "category": "build",
+                                           "whitelist_new": True})]
 
 
 FOUND = {"event": "result", "status": "found", "first_bad_commit": "c1", "subject": "s",
