@@ -79,3 +79,36 @@ def test_sigkilled_consumer_takes_its_engine_along(tmp_path: Path) -> None:
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+LIFELINE_ENGINE = textwrap.dedent("""
+    import signal, sys, time
+    from consumer.engine.lifeline import read_spec_line, stop_on_eof
+    spec = read_spec_line(sys.stdin.buffer)
+    def on_term(*_):
+        print("stopped-on-eof", spec.strip(), flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    stop_on_eof(sys.stdin.buffer)
+    print("ready", flush=True)
+    time.sleep(60)
+    print("still-running", flush=True)
+""")
+
+
+def test_engine_stops_when_its_stdin_closes() -> None:
+    """The stdin lifeline: the spec line is read, the engine stops at end-of-file."""
+    proc = subprocess.Popen([sys.executable, "-c", LIFELINE_ENGINE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[3])
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write('{"task_id": 1}\n')
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    proc.stdin.close()  # what the kernel does when the consumer dies
+    proc.wait(10)
+    out = proc.stdout.read()
+    proc.stdout.close()
+    assert out.strip() == 'stopped-on-eof {"task_id": 1}'
+    assert time.monotonic() - started < 5
