@@ -2,8 +2,9 @@
 FROM python:3.11-slim
 
 # git: the bisection engine keeps bare mirrors and worktrees. Same step as the README's.
+# bubblewrap: BISECT_SANDBOX=bwrap, where the container runtime allows user namespaces.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git ca-certificates \
+ && apt-get install -y --no-install-recommends git ca-certificates bubblewrap \
  && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 10001 bisect \

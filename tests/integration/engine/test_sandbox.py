@@ -12,6 +12,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +194,21 @@ async def test_untracked_script_where_the_command_was_run_is_used(tmp_path: Path
     (worktree / "repro.sh").chmod(0o755)
     outcome = await tester.test("c", worktree)
     assert "from-commit" in outcome.detail
+
+
+def test_bisect_run_uses_an_untracked_script_from_where_it_is_run(tmp_path: Path) -> None:
+    """Issue 16: every commit used to be a skip, the script being looked up in each
+    checkout."""
+    repo = make_repo(tmp_path / "repo", 10, 6)
+    user = tmp_path / "elsewhere"
+    user.mkdir()
+    (user / "repro.sh").write_text("#!/bin/sh\ngrep -q bad state.txt && exit 1\nexit 0\n")
+    (user / "repro.sh").chmod(0o755)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    env.pop("BISECT_SANDBOX", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer.engine.cli", "--repo", str(repo.path),
+         "--bad", repo.head, "--good", repo.root, "--", "./repro.sh"],
+        cwd=user, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    assert f"first bad commit: {repo.culprit}" in done.stdout
