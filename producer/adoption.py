@@ -11,6 +11,7 @@ or a job that names no repository) is failed with the reason instead of waiting 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.errors import ValidationError
@@ -30,7 +31,8 @@ def needs_adoption(task: Task) -> bool:
     return not task.tester
 
 
-async def adopt(repo: Repository, task: Task, default_tester: str) -> Adoption:
+async def adopt(repo: Repository, task: Task, default_tester: str,
+                repo_url_allow: Sequence[str]) -> Adoption:
     """Complete a row bisect-task did not write; the caller holds the writer's lock."""
     if not task.bad_job_id:
         return Adoption(None, "the row has no bad_job_id (compass-ci's producer stores a "
@@ -41,7 +43,8 @@ async def adopt(repo: Repository, task: Task, default_tester: str) -> Adoption:
     if job is None:
         return Adoption(None, f"job {task.bad_job_id} is not in the jobs table")
     try:
-        new = new_task_from_job(job, task.error_id, tester=tester, source="compass-ci")
+        new = new_task_from_job(job, task.error_id, tester=tester, source="compass-ci",
+                                repo_url_allow=repo_url_allow)
     except ValidationError as exc:
         return Adoption(None, exc.reason)
     extra = {**new.extra, **task.extra}

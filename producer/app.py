@@ -124,7 +124,8 @@ def create_app(settings: ProducerSettings) -> web.Application:
     writer = TaskStateWriter(repo, lease_s=settings.lease_s, max_attempts=settings.max_attempts,
                              max_claims_per_consumer=settings.max_claims_per_consumer,
                              max_long_polls=settings.max_long_polls,
-                             default_tester=settings.default_tester)
+                             default_tester=settings.default_tester,
+                             repo_url_allow=settings.repo_url_allow)
     app[STATE_KEY] = ProducerState(settings=settings, db=db, repo=repo, writer=writer,
                                    metrics=ProducerMetrics())
     table = [*ROUTES, *extra_route_tables()]

@@ -82,7 +82,9 @@ class JobDiscovery:
             return []
         errids = [errid for errid in job.errids if errid in whitelist]
         return [new_task_from_job(job, errid, tester=self._settings.discovery_tester,
-                                  source="discovery") for errid in errids]
+                                  source="discovery",
+                                  repo_url_allow=self._settings.repo_url_allow)
+                for errid in errids]
 
     def _skip(self, job_id: int, reason: str, why: str) -> None:
         log.warning("discovery_job_skipped", job_id=job_id, reason=reason, detail=why)

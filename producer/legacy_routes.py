@@ -89,7 +89,8 @@ async def _new_task(request: web.Request, bad_job_id: str, error_id: str) -> New
     if job is not None:
         try:
             return new_task_from_job(job, error_id, tester=state.settings.default_tester,
-                                     source="compass-api")
+                                     source="compass-api",
+                                     repo_url_allow=state.settings.repo_url_allow)
         except ValidationError:
             pass
     return NewTask(bad_job_id=bad_job_id, error_id=error_id, tester="", source="compass-api")

@@ -96,7 +96,8 @@ def _parse_submit(state: ProducerState, body: Any) -> SubmitRequest:
 # ---------------------------------------------------------------- submit
 async def _submit_one(state: ProducerState, body: Any) -> SubmitResult:
     request = _parse_submit(state, body)
-    new = await new_task_from_request(request, state.repo, state.settings.default_tester)
+    new = await new_task_from_request(request, state.repo, state.settings.default_tester,
+                                      state.settings.repo_url_allow)
     (result,) = await state.writer.submit([new])
     if result.created:
         state.metrics.tasks_created.labels("api").inc()
@@ -122,7 +123,8 @@ async def submit_batch(request: web.Request) -> web.Response:
             answers[index] = {"index": index, "status": 422, "field": exc.field,
                               "error": exc.reason}
     built = await new_tasks_from_requests([request for _, request in parsed], state.repo,
-                                          state.settings.default_tester)
+                                          state.settings.default_tester,
+                                          state.settings.repo_url_allow)
     valid = []
     for (index, _), new in zip(parsed, built, strict=True):
         if isinstance(new, ValidationError):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from common.compass_job import CompassJob
 from common.errors import ValidationError
 from common.models import NewTask
 from common.repository import Repository
+from common.urls import check_repo_url
 from producer.validation import SubmitRequest
 
 MAX_KEY_LEN = 255  # the longest value a key column holds (VARCHAR(255) on MariaDB)
@@ -33,14 +35,17 @@ def _fit(field: str, value: str | None, limit: int = MAX_KEY_LEN) -> str | None:
 
 
 def new_task_from_job(job: CompassJob, error_id: str, *, tester: str, source: str,
-                      priority: int = 0, good_commit: str | None = None,
-                      timeout: int | None = None) -> NewTask:
+                      repo_url_allow: Sequence[str], priority: int = 0,
+                      good_commit: str | None = None, timeout: int | None = None) -> NewTask:
     """The task that bisects ``error_id`` of a compass-ci job. Raises ValidationError naming
-    what makes the job unfit (no repository, no commit, a value too long to store)."""
+    what makes the job unfit (no repository, a URL the allow-list refuses, no commit, a value
+    too long to store). A job's URL is checked like a submitted one: anyone who can submit a
+    compass-ci job writes it, and a consumer will fetch it."""
     where = job.source
     if where is None:
         raise ValidationError("bad_job_id", f"job {job.id} names no repository "
                               "(no program.makepkg._url, ss.<pkg>._url or upstream_url)")
+    git_url = check_repo_url(where.git_url, repo_url_allow, "git_url")
     if not where.commit or not _COMMIT.match(where.commit):
         raise ValidationError("bad_job_id", f"job {job.id} names no usable commit at "
                               f"{where.commit_key}")
@@ -49,8 +54,8 @@ def new_task_from_job(job: CompassJob, error_id: str, *, tester: str, source: st
         bad_job_id=str(job.id),
         error_id=error_id,
         priority=priority,
-        git_url=_fit("git_url", where.git_url, MAX_URL_LEN),
-        project=_fit("project", _project_of(where.git_url, where.package)),
+        git_url=git_url,
+        project=_fit("project", _project_of(git_url, where.package)),
         suite=_fit("suite", job.suite or None),
         tester=tester,
         source=source,
@@ -64,11 +69,11 @@ def new_task_from_job(job: CompassJob, error_id: str, *, tester: str, source: st
 
 
 async def new_task_from_request(request: SubmitRequest, repo: Repository,
-                                default_tester: str) -> NewTask:
+                                default_tester: str, repo_url_allow: Sequence[str]) -> NewTask:
     """Fill in the repository and commit from the bad job, unless the request gives them."""
     number = job_number(request.bad_job_id)
     job = await repo.get_job(number) if number is not None else None
-    return new_task_with_job(request, job, default_tester)
+    return new_task_with_job(request, job, default_tester, repo_url_allow)
 
 
 def job_number(bad_job_id: str) -> int | None:
@@ -80,7 +85,8 @@ def job_number(bad_job_id: str) -> int | None:
 
 
 async def new_tasks_from_requests(requests: list[SubmitRequest], repo: Repository,
-                                  default_tester: str) -> list[NewTask | ValidationError]:
+                                  default_tester: str, repo_url_allow: Sequence[str]
+                                  ) -> list[NewTask | ValidationError]:
     """The batch form: one query for all the jobs; each item a task or its error."""
     numbers = [job_number(r.bad_job_id) for r in requests]
     jobs = await repo.jobs_by_ids([n for n in numbers if n is not None])
@@ -88,14 +94,14 @@ async def new_tasks_from_requests(requests: list[SubmitRequest], repo: Repositor
     for request, number in zip(requests, numbers, strict=True):
         job = jobs.get(number) if number is not None else None
         try:
-            out.append(new_task_with_job(request, job, default_tester))
+            out.append(new_task_with_job(request, job, default_tester, repo_url_allow))
         except ValidationError as exc:
             out.append(exc)
     return out
 
 
 def new_task_with_job(request: SubmitRequest, job: CompassJob | None,
-                      default_tester: str) -> NewTask:
+                      default_tester: str, repo_url_allow: Sequence[str]) -> NewTask:
     """A task from an API request: the bad job's repository and commit unless the request
     names them. A request that names another repository is a task outside compass-ci."""
     tester = request.tester or default_tester
@@ -103,6 +109,7 @@ def new_task_with_job(request: SubmitRequest, job: CompassJob | None,
     if job is not None:
         try:
             from_job = new_task_from_job(job, request.error_id, tester=tester, source="api",
+                                         repo_url_allow=repo_url_allow,
                                          priority=request.priority,
                                          good_commit=request.good_commit,
                                          timeout=request.timeout)

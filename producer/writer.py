@@ -80,10 +80,13 @@ def _item_error(exc: BaseException) -> ValidationError | None:
 class TaskStateWriter:
     def __init__(self, repo: Repository, *, lease_s: int, max_attempts: int,
                  clock: Callable[[], float] = time.time, max_claims_per_consumer: int = 64,
-                 max_long_polls: int = 200, default_tester: str = "compass") -> None:
+                 max_long_polls: int = 200, default_tester: str = "compass",
+                 repo_url_allow: Sequence[str] = ()) -> None:
         self._repo = repo
-        # The tester that runs rows compass-ci's own service wrote (they name none).
+        # The tester that runs rows compass-ci's own service wrote (they name none), and the
+        # repository URLs their jobs may name.
         self._default_tester = default_tester
+        self._repo_url_allow = tuple(repo_url_allow)
         self._lease_ms = lease_s * 1000
         self.lease_s = lease_s
         self._max_attempts = max_attempts
@@ -122,20 +125,35 @@ class TaskStateWriter:
         self.wake_claimers()
 
     def wake_claimers(self, testers: Iterable[str | None] | None = None) -> None:
-        """Wake the long-polling claims that can take a task of ``testers`` (every one when
-        None): a task became claimable, or we stop."""
-        wanted = None if testers is None else set(testers)
+        """Wake long-polling claims: with ``testers`` (one entry a task that became
+        claimable), the longest-waiting claim that can take each task, oldest first; with
+        None, every one (a task without a tester, or we stop). A woken claim that fills all
+        its slots wakes the next (``claim_waiting``), so no task waits for a timeout."""
+        wanted = None if testers is None else list(testers)
         if wanted is not None and None in wanted:
             wanted = None  # a task without a tester: any claimer may want it
         keep: list[tuple[frozenset[str], asyncio.Future[None]]] = []
         for entry in self._work_waiters:
             names, waiter = entry
-            if wanted is None or not names.isdisjoint(wanted):
+            match = None if wanted is None else next(
+                (t for t in wanted if t in names), None)
+            if wanted is None or match is not None:
+                if wanted is not None:
+                    wanted.remove(match)
                 if not waiter.done():
                     waiter.set_result(None)
             else:
                 keep.append(entry)
         self._work_waiters = keep
+
+    def _wake_next(self, testers: frozenset[str]) -> None:
+        """Wake the longest-waiting claim that runs any of ``testers``."""
+        for entry in self._work_waiters:
+            if not entry[0].isdisjoint(testers):
+                self._work_waiters.remove(entry)
+                if not entry[1].done():
+                    entry[1].set_result(None)
+                return
 
     def set_lease_key(self, key: bytes) -> None:
         self._lease_key = key
@@ -380,7 +398,8 @@ class TaskStateWriter:
             if task.status is not TaskStatus.WAIT:  # Manticore's '=' ignores case
                 continue
             if needs_adoption(task):
-                adopted = await adopt(self._repo, task, self._default_tester)
+                adopted = await adopt(self._repo, task, self._default_tester,
+                                      self._repo_url_allow)
                 if adopted.task is None:
                     await self._repo.mark_failed(task.id, attempts=task.attempts,
                                                  last_error=adopted.problem or "cannot run")
@@ -408,6 +427,10 @@ class TaskStateWriter:
             try:
                 tasks = await self.claim(consumer_id, slots, testers)
                 remaining = deadline - loop.time()
+                if tasks and len(tasks) >= slots:
+                    # All slots filled: more may be waiting for these testers; the next
+                    # long poll looks (a wake-up per task, so this one may have taken others).
+                    self._wake_next(names)
                 if tasks or remaining <= 0 or self._closing:
                     return tasks
                 await asyncio.wait_for(waiter, remaining)

@@ -18,6 +18,7 @@ from common.models import TaskStatus
 from common.repository import Repository, TaskFilter
 from common.schema import REGRESSION
 from common.settings import DbUrl
+from common.urls import canonical_repo_url
 from tests.acceptance.support import Cluster
 from tests.conftest import url_string
 from tests.fake_compass import FakeScheduler, create_compass_tables, make_fixture_repo
@@ -87,7 +88,8 @@ async def test_a_failed_compass_job_is_bisected_to_its_culprit(
     row = await repo.db.fetch_one("SELECT * FROM bisect WHERE id = %(id)s", {"id": task.id})
     assert row is not None
     assert row["bisect_status"] == "completed" and row["bad_commit"] == culprit
-    assert row["git_url"] == str(site["source"]) and row["project"]
+    git_url = canonical_repo_url(str(site["source"]))  # stored in its canonical form
+    assert row["git_url"] == git_url and row["project"]
     assert row["first_bad_id"] and row["first_result_root"]
     assert row["start_time"] > 0 and row["end_time"] >= row["start_time"]
     # The culprit's job is one the fake scheduler ran, at the culprit, marked as a rerun.
@@ -104,6 +106,6 @@ async def test_a_failed_compass_job_is_bisected_to_its_culprit(
     assert record.related_jobs == (str(BAD_JOB),)
     assert await repo.existing_columns(REGRESSION) == {"id", *REGRESSION.column_names()}
     (found,) = await repo.culprits_of(ERRID)
-    assert found.first_bad_commit == culprit and found.git_url == str(site["source"])
+    assert found.first_bad_commit == culprit and found.git_url == git_url
 
 

@@ -144,13 +144,16 @@ async def test_no_job_lost_when_an_insert_fails_or_a_job_is_unfit(repo: Reposito
     # Unfit: a repository name compass-ci allows but no key column can hold, and no commit.
     jobs[9] = compass_job_row(10, WHITELIST[0], repo="https://git.example/" + "p" * 300)
     jobs[19] = compass_job_row(20, WHITELIST[0], commit="")
+    # URLs anyone who submits a compass-ci job writes: checked like submitted ones.
+    jobs[24] = compass_job_row(25, WHITELIST[1], repo="https://user:pw@git.example/p.git")
+    jobs[29] = compass_job_row(30, WHITELIST[0], repo="http://127.0.0.1:8080/internal.git")
     await repo.insert_job_rows(jobs)
     settings = producer_settings(db_url, discovery_page_size=7, discovery_batch_size=5)
     failing = _InsertsFail(repo.db)
     discovery = JobDiscovery(failing, TaskStateWriter(failing, lease_s=30, max_attempts=3),
                              settings)
     warm = await discovery.run_cycle()  # every fit job becomes a task; two are skipped
-    assert warm.created == 40 - 2 and warm.skipped == 2
+    assert warm.created == 40 - 4 and warm.skipped == 4
     await repo.insert_job_rows([failed_job(job_id, WHITELIST[job_id % 2])
                                 for job_id in range(41, 61)])
     failing.failing = True
@@ -161,7 +164,7 @@ async def test_no_job_lost_when_an_insert_fails_or_a_job_is_unfit(repo: Reposito
     second = await discovery.run_cycle()
     pairs = await _all_pairs(repo)
     assert sorted(pairs) == sorted({(str(j), WHITELIST[j % 2]) for j in range(1, 61)
-                                    if j not in (10, 20)})
+                                    if j not in (10, 20, 25, 30)})
     assert second.cursor == 60
     # And a fresh producer finds nothing left to do.
     again = await JobDiscovery(repo, TaskStateWriter(repo, lease_s=30, max_attempts=3),
