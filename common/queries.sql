@@ -9,7 +9,7 @@ SELECT VERSION() AS version
 
 -- name: server_version [manticore]
 -- The core daemon parses this (SHOW VARIABLES WHERE ... needs the Buddy sidecar).
-SELECT VERSION() AS version
+SELECT VERSION()
 
 -- name: show_tables
 SHOW TABLES

@@ -5,7 +5,15 @@ from __future__ import annotations
 import time
 
 from common.repository import Repository
-from common.schema import BISECT, JOBS, REGRESSION
+from common.schema import (
+    BISECT,
+    JOBS,
+    REGRESSION,
+    Column,
+    ColumnType,
+    Table,
+    create_table_ddl,
+)
 from tests.fake_compass import create_compass_tables
 
 
@@ -24,9 +32,13 @@ async def test_init_db_on_compass_tables_adds_only_bisect_columns(repo: Reposito
 
 
 async def test_check_db_names_what_a_compass_table_lacks(repo: Repository) -> None:
+    # compass-ci's master-branch layout (Elasticsearch era): string stage and health columns.
+    master_jobs = Table("jobs", (Column("suite", ColumnType.KEY),
+                                 Column("job_stage", ColumnType.KEY),
+                                 Column("job_health", ColumnType.KEY),
+                                 Column("j", ColumnType.JSON)))
     await repo.db.execute("DROP TABLE jobs")
-    await repo.db.execute("CREATE TABLE jobs (id BIGINT PRIMARY KEY, suite VARCHAR(64), "
-                          "job_stage VARCHAR(32), job_health VARCHAR(32), j LONGTEXT)")
+    await repo.db.execute(create_table_ddl(repo.dialect, master_jobs))
     assert await repo.create_missing_tables() == []  # never altered
     report = await repo.check_schema()
     assert {"istage", "ihealth", "idata_readiness", "errid"} <= set(report["jobs"])
