@@ -115,6 +115,9 @@ UPDATE bisect SET tester = %(tester)s, git_url = %(git_url)s, project = %(projec
  error_key = %(error_key)s, group_key = %(group_key)s, source = %(source)s, j = %(j)s
 WHERE id = %(id)s
 
+-- name: update_task_extra
+UPDATE bisect SET j = %(j)s WHERE id = %(id)s
+
 -- name: update_task_progress
 UPDATE bisect SET current_step = %(current_step)s, steps_estimate = %(steps_estimate)s,
  candidates_left = %(candidates_left)s, progress_ms = %(progress_ms)s
@@ -139,6 +142,15 @@ DELETE FROM bisect_step WHERE id IN %(ids)s
 
 -- name: replace_verdict
 REPLACE INTO bisect_verdict ({bisect_verdict_columns}) VALUES ({bisect_verdict_values})
+
+-- Stored verdicts of an error id (any repository and tester): the caller keeps the exact
+-- matches (Manticore's string = ignores case) and deletes them by id.
+-- name: verdicts_of_error
+SELECT id, repo_url, error_id FROM bisect_verdict WHERE error_id = %(error_id)s AND id > %(after)s
+ORDER BY id ASC LIMIT 1000
+
+-- name: delete_verdicts
+DELETE FROM bisect_verdict WHERE id IN %(ids)s
 
 -- name: verdicts_in_scope
 SELECT {bisect_verdict_columns} FROM bisect_verdict WHERE scope_key = %(scope_key)s AND id > %(after)s

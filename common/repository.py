@@ -578,6 +578,10 @@ class Repository:
             "confidence": float(confidence or 0.0), "verification": _s(verification),
             "j": _json_dump(extra), "now": now_s()})
 
+    async def set_task_extra(self, task_id: int, extra: dict[str, Any]) -> None:
+        await self.db.execute(self._q["update_task_extra"], {"id": task_id,
+                                                             "j": _json_dump(extra)})
+
     async def set_task_origin(self, task: Task, *, tester: str, git_url: str, project: str,
                               suite: str, known_bad_commit: str, name: str,
                               extra: dict[str, Any]) -> None:
@@ -663,6 +667,24 @@ class Repository:
         # The scope key is a hash: recheck the exact strings.
         return [v for v in out if v.repo_url == repo_url and v.error_id == error_id
                 and v.tester_fingerprint == tester_fingerprint]
+
+    async def forget_verdicts(self, repo_url: str, error_id: str) -> int:
+        """Delete every stored verdict of ``error_id`` in ``repo_url`` (whatever the tester):
+        the next bisection of that pair tests every commit afresh. Returns how many."""
+        doomed: list[int] = []
+        after = 0
+        while True:
+            rows = await self.db.fetch(self._q["verdicts_of_error"],
+                                       {"error_id": error_id, "after": after})
+            doomed.extend(int(row["id"]) for row in rows
+                          if _text(row["error_id"]) == error_id
+                          and _text(row["repo_url"]) == repo_url)
+            if len(rows) < PAGE_LIMIT:
+                break
+            after = int(rows[-1]["id"])
+        for chunk in _chunks(doomed):
+            await self.db.execute(self._q["delete_verdicts"], {"ids": tuple(chunk)})
+        return len(doomed)
 
     # ------------------------------------------------------------------ regression
     async def regression_whitelist(self) -> set[str]:

@@ -307,7 +307,8 @@ class Worker:
         tester = profile.tester_spec()
         fingerprint = tester_fingerprint(tester)
         known: list[StoredVerdict] = []
-        if task.git_url:
+        # A retry that asked for fresh runs reuses no stored verdict.
+        if task.git_url and not task.extra.get("fresh_runs"):
             try:
                 known = await self.repo.verdicts_in_scope(task.git_url, fingerprint,
                                                           task.error_id)

@@ -57,6 +57,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "created": _INT, "existing": _INT, "invalid": _INT}},
     "Counts": {"type": "object", "properties": {"counts": {"type": "object"}, "total": _INT}},
     "Deleted": {"type": "object", "properties": {"deleted": _INT}},
+    "Forgotten": {"type": "object", "properties": {"forgotten": _INT}},
     "Claim": {"type": "object", "required": ["consumer_id", "slots", "testers"], "properties": {
         "consumer_id": _STR, "slots": {"type": "integer", "minimum": 0, "maximum": 1000},
         "testers": {"type": "array", "items": _STR, "minItems": 1},

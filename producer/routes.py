@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from common.errors import ValidationError
 from common.models import FinishOutcome, Task
 from common.repository import TaskFilter
+from common.urls import canonical_repo_url, redact_url
 from producer.errors import WriterConflict
 from producer.middleware import (
     DEFAULT_MAX_BODY,
@@ -195,8 +196,27 @@ async def count_tasks(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- user actions
 async def retry_task(request: web.Request) -> web.Response:
     state = await _writer_state(request)
-    task = await state.writer.retry(parse_task_id(request.match_info["id"]))
+    task_id = parse_task_id(request.match_info["id"])
+    body = await read_json(request) if request.body_exists else {}
+    fresh = _object(body).get("fresh", False) if body is not None else False
+    if not isinstance(fresh, bool):
+        raise ValidationError("fresh", "must be true or false")
+    task = await state.writer.retry(task_id, fresh=fresh)
     return json_response({"task": task_json(task)})
+
+
+async def forget_verdicts(request: web.Request) -> web.Response:
+    """Forget the stored verdicts of one repository and error id."""
+    state = await _writer_state(request)
+    repo_url = request.query.get("repo_url") or ""
+    error_id = request.query.get("error_id") or ""
+    for name, value in (("repo_url", repo_url), ("error_id", error_id)):
+        if not value:
+            raise ValidationError(name, "is required")
+    forgotten = await state.repo.forget_verdicts(canonical_repo_url(repo_url), error_id)
+    log.info("verdicts_forgotten", repo_url=redact_url(repo_url), error_id=error_id,
+             count=forgotten)
+    return json_response({"forgotten": forgotten})
 
 
 async def cancel_task(request: web.Request) -> web.Response:
@@ -338,11 +358,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", r"/api/v1/tasks/{id:\d+}", get_task, Access.READ, "One task with its steps",
           responses=_TASK_RESPONSES),
     Route("POST", r"/api/v1/tasks/{id:\d+}/retry", retry_task, Access.WRITE,
-          "Put a failed or cancelled task back to waiting (attempts kept)",
+          "Put a failed or cancelled task back to waiting (attempts kept); body "
+          "{\"fresh\": true}: reuse no stored verdict",
           responses={200: "TaskCreated", 404: "Error", 409: "Error"}),
     Route("POST", r"/api/v1/tasks/{id:\d+}/cancel", cancel_task, Access.WRITE,
           "Cancel a waiting task, or tell the consumer running it to stop",
           responses={200: "TaskCreated", 404: "Error", 409: "Error"}),
+    Route("DELETE", "/api/v1/verdicts", forget_verdicts, Access.WRITE,
+          "Forget the stored verdicts of a repository and error id (the next bisection "
+          "tests every commit again)", query=("repo_url", "error_id"),
+          responses={200: "Forgotten", 422: "Error"}),
     Route("DELETE", "/api/v1/tasks/failed", delete_failed, Access.WRITE,
           "Delete every failed task and its steps", responses={200: "Deleted"}),
     # The consumer protocol (docs/consumer-protocol.md).

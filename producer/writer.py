@@ -30,6 +30,9 @@ from producer.leases import lease_matches, lease_secret
 
 log = structlog.get_logger(__name__)
 
+# The task's ``extra`` flag that tells consumers to reuse no stored verdict.
+FRESH_RUNS = "fresh_runs"
+
 
 @dataclass(frozen=True)
 class SubmitResult:
@@ -323,17 +326,20 @@ class TaskStateWriter:
             raise TaskNotFound(task_id)
         return task
 
-    async def retry(self, task_id: int) -> Task:
-        """Put a failed or cancelled task back to waiting; attempts are kept."""
+    async def retry(self, task_id: int, *, fresh: bool = False) -> Task:
+        """Put a failed or cancelled task back to waiting; attempts are kept. ``fresh``:
+        its next bisection reuses no stored verdict (every commit is tested again)."""
         async with self._lock:
             task = await self._require(task_id)
             if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
                 raise InvalidTransition(f"task is {task.status.value}; only failed or "
                                         "cancelled tasks can be retried")
+            if fresh != bool(task.extra.get(FRESH_RUNS)):
+                await self._repo.set_task_extra(task_id, {**task.extra, FRESH_RUNS: fresh})
             await self._repo.mark_requeued(task_id, attempts=task.attempts,
                                            retry_count=task.retry_count + 1,
                                            last_error=task.last_error)
-            log.info("task_retried", task_id=task_id)
+            log.info("task_retried", task_id=task_id, fresh=fresh)
             self.wake_claimers()
             return await self._require(task_id)
 
