@@ -8,8 +8,9 @@ A test is code from the repository being bisected, so it is not trusted. Whateve
 * it dies with the engine (parent-death signal) and its process group is killed after it.
 
 ``BISECT_SANDBOX`` picks how much more (the consumer always sets it for its engines, from
-its own ``BISECT_SANDBOX``, default ``auto``; an engine without it, ``bisect-run``, runs
-tests as ``none``, like ``git bisect run``):
+its own ``BISECT_SANDBOX``, default ``auto``). An engine without it is ``bisect-run`` run by
+a developer on their own repository: its tests run as ``none`` and, like ``git bisect run``,
+inherit the developer's whole environment (there is no secret of a service in it).
 
 * ``auto``: ``user`` when the engine runs as root, else ``none``;
 * ``user``: the test runs as ``BISECT_SANDBOX_USER`` (default ``nobody``), which owns its
@@ -84,13 +85,16 @@ class Sandbox:
     user: str = ""
     pass_env: tuple[str, ...] = ()
     bwrap: str | None = None
+    inherit_env: bool = False  # bisect-run: the developer's environment, as git bisect run
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Sandbox:
         """The sandbox ``BISECT_SANDBOX*`` ask for; :class:`ValidationError` naming the
         variable when it cannot be had here."""
         env = os.environ if environ is None else environ
-        raw = env.get(SANDBOX_ENV, "").strip().lower() or SandboxMode.NONE.value
+        raw = env.get(SANDBOX_ENV, "").strip().lower()
+        if not raw:
+            return cls(SandboxMode.NONE, inherit_env=True)
         try:
             mode = SandboxMode(raw)
         except ValueError:
@@ -129,6 +133,9 @@ class Sandbox:
                     base: Mapping[str, str] | None = None) -> dict[str, str]:
         """The test's whole environment (nothing else is inherited)."""
         source = os.environ if base is None else base
+        if self.inherit_env:
+            return {**source, **(profile_env or {}), "TMPDIR": str(tmpdir),
+                    "BISECT_COMMIT": commit}
         env = {"PATH": source.get("PATH") or os.defpath,
                "HOME": str(home) if self.mode is not SandboxMode.NONE
                else source.get("HOME", str(home)),

@@ -82,7 +82,9 @@ def test_secret_names_cannot_be_passed() -> None:
 def test_settings_are_checked() -> None:
     with pytest.raises(ValidationError, match="BISECT_SANDBOX"):
         Sandbox.from_env({"BISECT_SANDBOX": "chroot"})
-    assert Sandbox.from_env({}).mode is SandboxMode.NONE  # bisect-run, like git bisect run
+    developer = Sandbox.from_env({})  # bisect-run, like git bisect run
+    assert developer.mode is SandboxMode.NONE and developer.inherit_env
+    assert not Sandbox.from_env({"BISECT_SANDBOX": "none"}).inherit_env
     expected = SandboxMode.USER if os.geteuid() == 0 else SandboxMode.NONE
     assert Sandbox.from_env({"BISECT_SANDBOX": "auto"}).mode is expected
     if os.geteuid() == 0:
