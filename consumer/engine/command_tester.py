@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import shlex
 import signal
 import time
@@ -158,11 +159,14 @@ class CommandTester:
         argv = self.profile.argv(cwd)
         sandbox = self.sandbox
         mirror = self._mirror_of(worktree)
+        # In the test's environment, so that what it leaves running is found afterwards.
+        run_marker = f"BISECT_TEST_RUN={secrets.token_hex(8)}"
         scratch = await asyncio.to_thread(sandbox.scratch)
         try:
             await asyncio.to_thread(sandbox.hand_over, worktree)
             env = sandbox.environment(commit=commit, home=scratch, tmpdir=scratch / "tmp",
                                       profile_env=self.profile.env)
+            env["BISECT_TEST_RUN"] = run_marker.split("=", 1)[1]
             outside = [Path(argv[0])] if argv[0] != self.profile.argv()[0] else []
             command = sandbox.command(
                 argv, cwd=cwd, writable=[worktree, scratch],
@@ -188,6 +192,7 @@ class CommandTester:
                 )
             timed_out = await self._supervise(proc, capture)
         finally:
+            await asyncio.to_thread(sandbox.reap, run_marker, [worktree, scratch])
             await asyncio.to_thread(remove_tree, scratch)
         capture.close()
         verdict, reason = classify(

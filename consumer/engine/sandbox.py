@@ -206,6 +206,35 @@ class Sandbox:
         args += ["--chdir", str(cwd), "--"]
         return args + list(argv)
 
+    def reap(self, run_marker: str, folders: Sequence[Path]) -> list[int]:
+        """SIGKILL what a test left behind outside its process group (``setsid`` and
+        daemons): processes of the sandbox uid whose environment carries ``run_marker`` or
+        whose working folder is in ``folders``. Only when tests run as another uid (bwrap's
+        pid namespace ends with the test anyway). Returns the pids killed."""
+        if self.uid is None:
+            return []
+        needle = run_marker.encode()
+        roots = [str(f) for f in folders]
+        killed = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if entry.stat().st_uid != self.uid:
+                    continue
+                with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                    marked = needle in handle.read()
+                cwd = "" if marked else os.readlink(f"/proc/{entry.name}/cwd")
+            except OSError:
+                continue
+            if marked or any(cwd == r or cwd.startswith(r + "/") for r in roots):
+                try:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed.append(int(entry.name))
+                except ProcessLookupError:
+                    pass
+        return killed
+
     def spawn_options(self) -> dict[str, Any]:
         """Keyword arguments for ``create_subprocess_exec``: the uid and the death signal."""
         options: dict[str, Any] = {"preexec_fn": set_parent_death_signal}

@@ -7,6 +7,7 @@ folder so that "cannot write" means the permission, not an unreachable path.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -214,3 +215,32 @@ def test_bisect_run_uses_an_untracked_script_from_where_it_is_run(tmp_path: Path
         cwd=user, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
     assert f"first bad commit: {repo.culprit}" in done.stdout
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@ROOT_ONLY
+async def test_user_mode_reaps_what_a_test_detached(open_tmp: Path) -> None:
+    """``setsid`` takes a process out of the test's group; the run marker still finds it."""
+    worktree = open_tmp / "wt"
+    worktree.mkdir()
+    pidfile = open_tmp / "wt" / "daemon.pid"
+    command = ("setsid sh -c 'cd /; echo $$ > \"$0\"; exec sleep 300' " + str(pidfile)
+               + " < /dev/null > /dev/null 2>&1 & sleep 0.3; exit 0")
+    sandbox = Sandbox.from_env({"BISECT_SANDBOX": "user"})
+    outcome = await _tester(command, sandbox).test("c", worktree)
+    assert outcome.verdict is Verdict.GOOD, outcome.detail
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        if not _running(pid):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the detached process outlived its test")
