@@ -16,15 +16,17 @@ from urllib.parse import quote
 
 from common.errors import ConfigError
 from common.settings import DbUrl
+from consumer.engine.sandbox import SECRET_NAME
 
 MASK = "***"
 MIN_SECRET_CHARS = 4  # shorter values would mangle ordinary text and hide nothing
-SECRET_NAME = re.compile(r"TOKEN|PASSW|SECRET|CREDENTIAL|PRIVATE|API_?KEY", re.IGNORECASE)
 _DB_URL_NAMES = ("BISECT_DB_URL",)
 
 
 def secrets_in(environ: Mapping[str, str], spec: Mapping[str, Any] | None = None) -> list[str]:
     """Secret values found in an environment and an engine spec."""
+    # Whole values of secret-looking variables (a database URL as a whole too), then the
+    # password inside each database URL on its own.
     found: list[str] = [v for k, v in environ.items() if SECRET_NAME.search(k)]
     urls = [environ[k] for k in _DB_URL_NAMES if environ.get(k)]
     if spec is not None:
