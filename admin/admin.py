@@ -1,16 +1,48 @@
-"""``bisect-admin``: database set-up and checks (and, later, the demo)."""
+"""``bisect-admin``: database set-up and checks, and the demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
 import sys
 from collections.abc import Sequence
 
+import pymysql
+
+from admin.db_errors import BAD_DB_ERROR, DatabaseSetupError, error_code, explain
 from common.db import Database
 from common.errors import BisectError
+from common.logging import configure_logging
 from common.repository import Repository
-from common.settings import Env
+from common.settings import DbUrl, Dialect, Env
+
+# A command-line tool answers at once: no long reconnect backoff before saying what is wrong.
+ADMIN_DB_ATTEMPTS = 2
+
+
+def create_database(url: DbUrl) -> None:
+    """``CREATE DATABASE`` for a MariaDB/MySQL URL whose database is missing."""
+    name = url.database
+    # DDL cannot bind a name: accept only plain ones (the URL comes from the operator).
+    if not re.fullmatch(r"[A-Za-z0-9_$]{1,64}", name):
+        raise DatabaseSetupError(f"BISECT_DB_URL: database name {name!r} is not a plain name "
+                                 "(letters, digits, _ and $); create it yourself")
+    try:
+        conn = pymysql.connect(host=url.host, port=url.port, user=url.user,
+                               password=url.password, autocommit=True, connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+        finally:
+            conn.close()
+    except pymysql.err.MySQLError as exc:
+        detail = exc.args[1] if len(exc.args) > 1 else str(exc)
+        raise DatabaseSetupError(
+            f"database {name!r} does not exist and user {url.user!r} may not create it "
+            f"({detail}): ask an administrator to run CREATE DATABASE {name}, or set "
+            "BISECT_DB_URL to an existing database") from None
 
 
 async def _init_db(repo: Repository) -> int:
@@ -23,6 +55,11 @@ async def _init_db(repo: Repository) -> int:
 
 async def _check_db(repo: Repository, fix: bool) -> int:
     report = await repo.check_schema()
+    # Coexistence with compass-ci (its tables, their layout), when the repository checks it.
+    schema_warnings = getattr(repo, "schema_warnings", None)
+    if schema_warnings is not None:
+        for line in await schema_warnings():
+            print(f"warning: {line}")
     missing_tables = report.pop("", [])
     for name in missing_tables:
         print(f"missing table: {name}")
@@ -38,8 +75,8 @@ async def _check_db(repo: Repository, fix: bool) -> int:
     return 1
 
 
-async def _run(args: argparse.Namespace) -> int:
-    db = Database(Env().db_url(), maxsize=2)
+async def _run_once(url: DbUrl, args: argparse.Namespace) -> int:
+    db = Database(url, maxsize=2, attempts=ADMIN_DB_ATTEMPTS)
     repo = Repository(db)
     try:
         if args.command == "init-db":
@@ -49,6 +86,18 @@ async def _run(args: argparse.Namespace) -> int:
         raise AssertionError(args.command)
     finally:
         await db.close()
+
+
+async def _run(url: DbUrl, args: argparse.Namespace) -> int:
+    try:
+        return await _run_once(url, args)
+    except pymysql.err.MySQLError as exc:
+        missing = error_code(exc) == BAD_DB_ERROR and url.dialect is Dialect.MYSQL
+        if not (missing and args.command == "init-db"):
+            raise
+    create_database(url)
+    print(f"database created: {url.database}")
+    return await _run_once(url, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,10 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return main_demo(argv[1:])
     args = build_parser().parse_args(argv)
+    # Reconnect warnings would bury the one line that says what is wrong.
+    configure_logging("admin", os.environ.get("BISECT_ADMIN_LOG_LEVEL", "error"))
+    url: DbUrl | None = None
     try:
-        return asyncio.run(_run(args))
-    except BisectError as exc:
-        print(f"bisect-admin: {exc}", file=sys.stderr)
+        url = Env().db_url()
+        return asyncio.run(_run(url, args))
+    except (BisectError, pymysql.err.MySQLError, OSError) as exc:
+        print(f"bisect-admin: {explain(exc, url) or exc}", file=sys.stderr)
         return 2
 
 

@@ -22,6 +22,13 @@ class LaunchError(BisectError):
     """A service did not start or answer in time; the message points at its log."""
 
 
+def _default_signals() -> None:
+    """In the child, before exec: no blocked signals. A mask survives exec, and a service
+    started by a caller that blocks SIGTERM (to wait for it with sigwait) would never see
+    its own stop signal."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
 @dataclass
 class ServiceProcess:
     """One service process with its log file. ``module`` is e.g. ``producer.main``."""
@@ -41,7 +48,7 @@ class ServiceProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args], env=environment,
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_default_signals)
         return self
 
     @property
