@@ -6,11 +6,20 @@ outside the run budget.
 
 from __future__ import annotations
 
-from consumer.engine import flaky, git
+from consumer.engine import adaptive, flaky, git
+from consumer.engine.adaptive import AdaptiveSearch, Decision
 from consumer.engine.bayes import BayesianSearch
+from consumer.engine.changepoint import GOOD_SIDE
 from consumer.engine.errors import EngineError
 from consumer.engine.evidence import Evidence
-from consumer.engine.result import BisectResult, HeadCheck, RunnerUp, Status, Verification
+from consumer.engine.result import (
+    BisectResult,
+    ErrorRates,
+    HeadCheck,
+    RunnerUp,
+    Status,
+    Verification,
+)
 from consumer.engine.search import SearchResult, SearchStatus
 from consumer.engine.verdicts import Verdict
 
@@ -32,6 +41,7 @@ def finish(
     result_root: str | None = None,
     runner_up: RunnerUp | None = None,
     head: HeadCheck | None = None,
+    rates: ErrorRates | None = None,
 ) -> BisectResult:
     """The result: what is given, plus every test so far, the runs spent and the strategy."""
     return BisectResult(
@@ -52,6 +62,7 @@ def finish(
         runner_up=runner_up,
         head=head,
         strategy=ev.strategy,
+        rates=rates,
     )
 
 
@@ -91,6 +102,53 @@ async def conclude_bayesian(
                   goods=goods, confidence=round(found.confidence, 6))
 
 
+async def conclude_adaptive(
+    ev: Evidence, search: AdaptiveSearch, decision: Decision, goods: list[str],
+    verify_runs: int,
+) -> BisectResult:
+    """The result of the default search (``verify_runs``: the runs verification asked for)."""
+    rates = ErrorRates(round(decision.rates.bad, 4), round(decision.rates.good, 4))
+    confidence = round(decision.confidence, 6)
+    if decision.status == adaptive.FOUND and decision.commit is not None:
+        culprit = decision.commit
+        verification = boundary_verification(decision, verify_runs)
+        second = next(((c, p) for c, p in search.model.ranked(3)
+                       if c != culprit and c != GOOD_SIDE and p >= 0.01), None)
+        return await culprit_found(
+            ev, culprit, goods, decision.confidence,
+            verification=verification if ev.limits.verify else None, posterior=True,
+            runner_up=RunnerUp(second[0], round(second[1], 6)) if second else None,
+            rate=decision.rates.bad if decision.rates.bad < 0.99 else None, rates=rates)
+    status = {adaptive.GOOD_IS_BAD: Status.GOOD_IS_BAD, adaptive.UNDECIDED: Status.UNDECIDED,
+              adaptive.AMBIGUOUS: Status.AMBIGUOUS}[decision.status]
+    return finish(ev, status, reason=decision.reason, candidates=decision.candidates,
+                  goods=goods, confidence=confidence, rates=rates)
+
+
+def boundary_verification(decision: Decision, verify_runs: int) -> Verification:
+    """What the fresh runs on both sides of the boundary showed.
+
+    ``held``: the culprit showed the error and no parent did. When a parent did, the
+    search went on (the posterior weighed it, and still names this culprit because the
+    error also shows before the regression, at the rate ``q``): said so, never "held".
+    """
+    notes = []
+    held = True
+    for side in decision.sides:
+        notes.append(f"{side.role} {side.commit[:12]} showed the error in {side.bad_runs} of "
+                     f"{side.runs} fresh runs")
+        if side.role == "culprit" and side.bad_runs == 0:
+            held = False
+        if side.role != "culprit" and side.bad_runs > 0:
+            held = False
+    if len(decision.sides) == 1:
+        notes.append("root commit: no parent to test")
+    rates = decision.rates
+    notes.append(f"the error shows in ~{rates.bad:.0%} of runs from the culprit on and "
+                 f"~{rates.good:.0%} before it; P(culprit) = {decision.confidence:.3f}")
+    return Verification(held=held, detail="; ".join(notes), runs=verify_runs)
+
+
 async def culprit_found(
     ev: Evidence,
     culprit: str,
@@ -101,6 +159,7 @@ async def culprit_found(
     runner_up: RunnerUp | None = None,
     rate: float | None = None,
     posterior: bool = False,
+    rates: ErrorRates | None = None,
 ) -> BisectResult:
     """The ``found`` result: verified (``verification`` True: verify now, if the limits say
     so), head-checked, with the culprit's commit info.
@@ -131,6 +190,7 @@ async def culprit_found(
         result_root=outcome.result_root if outcome else None,
         runner_up=runner_up,
         head=head,
+        rates=rates,
     )
 
 

@@ -19,6 +19,8 @@ class Dag:
         self._parents: dict[str, tuple[str, ...]] = {
             commit: tuple(p for p in ps if p in parents) for commit, ps in parents.items()
         }
+        # Every parent, those outside the range too: a culprit's boundary includes them.
+        self._all_parents = {commit: tuple(ps) for commit, ps in parents.items()}
         self.order: tuple[str, ...] = _topo_order(self._parents)
         self._index = {commit: i for i, commit in enumerate(self.order)}
 
@@ -40,6 +42,10 @@ class Dag:
 
     def parents(self, commit: str) -> tuple[str, ...]:
         return self._parents[commit]
+
+    def all_parents(self, commit: str) -> tuple[str, ...]:
+        """Every parent of ``commit``, also those outside the range (on the good side)."""
+        return self._all_parents[commit]
 
     def position(self, commit: str) -> int:
         """Place in the topological order (0 = newest); used to break ties like git."""

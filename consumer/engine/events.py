@@ -12,6 +12,7 @@ Emit = Callable[[Event], None]
 
 STARTED = "started"
 RANGE = "range"
+TESTING = "testing"  # a test run starts (its step event comes when it ends)
 STEP = "step"
 VERDICT = "verdict"
 PROGRESS = "progress"

@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 
 from consumer.engine import flaky
-from consumer.engine.events import STEP, VERDICT, Emit, make_event
+from consumer.engine.events import STEP, TESTING, VERDICT, Emit, make_event
 from consumer.engine.result import TestedCommit
 from consumer.engine.spec import TaskSpec
 from consumer.engine.testers import Tester, tester_fingerprint
@@ -40,28 +40,31 @@ class Evidence:
         self.pool = pool
         self.fingerprint = tester_fingerprint(spec.tester)
         self.log = log.bind(task_id=spec.task_id)
+        # Known verdicts of earlier bisections, unless fresh runs are asked for. A record
+        # without a single run (a skip stored after a timeout) says nothing and is dropped:
+        # reusing it would end every later bisection at once.
         self.known = {
             k.commit: Outcome(
                 verdict=k.verdict, runs=k.runs, bad_runs=k.bad_runs, job_id=k.job_id,
                 detail="known verdict",
             )
-            for k in spec.known_verdicts
+            for k in ([] if spec.fresh_runs else spec.known_verdicts)
+            if k.runs > 0 or k.bad_runs > 0
         }
         self.outcomes: dict[str, Outcome] = {}  # the first outcome of each commit
         self.history: list[tuple[str, Outcome]] = []  # every outcome, known ones included
         self.tally: dict[str, flaky.Tally] = {}  # runs per commit, for verdict events
         self.budget = self.limits.run_budget
-        self.strategy = "deterministic"  # the search strategy's name, for the result
+        self.strategy = "adaptive"  # the search strategy's name, for the result
         self.reused: set[str] = set()
         self.tested: list[TestedCommit] = []
         self.runs = 0
         self.in_flight = 0
         self._seq = 0
 
-    def use_bayesian(self) -> None:
-        """The Bayesian search runs from now on: its name and its (larger) budget apply."""
-        self.strategy = "bayesian"
-        self.budget = self.limits.budget_for(bayesian=True)
+    def forget_known(self, commit: str) -> None:
+        """Never reuse a verdict on ``commit`` (the bad commit: its check must be run)."""
+        self.known.pop(commit, None)
 
     async def evaluate(
         self, commit: str, phase: str, *, force: bool = False, budgeted: bool = True
@@ -88,6 +91,7 @@ class Evidence:
         if budgeted and self.runs + self.in_flight >= self.budget:
             raise BudgetSpent
         self.in_flight += 1
+        self.emit(make_event(TESTING, phase=phase, commit=commit))
         try:
             if not getattr(self.tester, "needs_worktree", True):  # a remote tester
                 outcome = await self.tester.test(commit, self.pool.work_dir)

@@ -1,39 +1,51 @@
 """The range to search: the bad commit confirmed bad, and a good commit found before it.
 
-A flaky test gets more runs on both ends: the bad commit until the error shows (or enough
-usable runs say it does not), a candidate good commit until a good verdict is believable.
+The bad commit is run until the error shows (bounded: :func:`adaptive.reproduced`), never
+judged by a stored verdict; when a run there did not show the error the test is flaky,
+and a candidate good commit is then rerun until its good verdict is believable.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from consumer.engine import flaky, git
+from consumer.engine import adaptive, flaky, git
 from consumer.engine.evidence import BudgetSpent, Evidence
 from consumer.engine.spec import FlakyMode
 from consumer.engine.verdicts import Verdict
 
 
 async def check_bad(ev: Evidence, bad: str) -> bool:
-    """Test the bad commit; a flaky test gets up to a few more runs to show the error."""
-    outcome = await ev.evaluate(bad, "check_bad")
-    if outcome.verdict is Verdict.BAD:
-        return True
-    if ev.limits.flaky is not FlakyMode.ON or bad in ev.known:
-        return False
+    """Run the bad commit until the error shows; False when it does not (bounded).
+
+    A stored verdict never decides this: the check always runs (``limits.flaky`` false:
+    one run, as ``git bisect`` would).
+    """
+    ev.forget_known(bad)
+    if ev.limits.flaky is FlakyMode.OFF:
+        return (await ev.evaluate(bad, "check_bad")).verdict is Verdict.BAD
+    tries = 0
     with contextlib.suppress(BudgetSpent):
-        for _ in range(flaky.REPRODUCE_TRIES - 1):
-            if ev.tally[bad].runs >= flaky.REPRODUCE_USABLE:
-                break
-            if (await ev.evaluate(bad, "check_bad", force=True)).verdict is Verdict.BAD:
-                return True
-    return False
+        while True:
+            tally = ev.tally.get(bad, flaky.Tally())
+            state = adaptive.reproduced(tally.runs, tally.bad_runs, tries)
+            if state is not None:
+                return state
+            await ev.evaluate(bad, "check_bad", force=tries > 0)
+            tries += 1
+    return ev.tally.get(bad, flaky.Tally()).bad_runs > 0
+
+
+def looks_flaky(ev: Evidence, bad: str) -> bool:
+    """Whether a run of the bad commit came out good: the error does not always show."""
+    tally = ev.tally.get(bad)
+    return tally is not None and tally.runs > tally.bad_runs
 
 
 async def confirmed_good(ev: Evidence, commit: str, bad: str) -> bool:
     """A flaky test's good verdict on a candidate good commit, repeated until it is
     unlikely that the error merely failed to show; any bad run makes it bad."""
-    if ev.limits.flaky is not FlakyMode.ON:
+    if ev.limits.flaky is FlakyMode.OFF or not looks_flaky(ev, bad):
         return True
     rate = flaky.Tally().merge(ev.tally.get(bad)).rate_estimate()
     needed = flaky.good_runs_needed(rate, ev.limits.confidence)

@@ -14,6 +14,8 @@ class Status(StrEnum):
     AMBIGUOUS = "ambiguous"
     NOT_REPRODUCED = "not_reproduced"
     NO_GOOD = "no_good"
+    GOOD_IS_BAD = "good_is_bad"  # the good commit shows the error: the regression is older
+    UNDECIDED = "undecided"  # the runs cannot tell (within the run budget)
     ERROR = "error"
 
 
@@ -45,6 +47,15 @@ class RunnerUp:
 
 
 @dataclass(frozen=True)
+class ErrorRates:
+    """The estimated rates of our error: ``bad`` after the first bad commit, ``good``
+    before it (posterior means)."""
+
+    bad: float
+    good: float
+
+
+@dataclass(frozen=True)
 class HeadCheck:
     """The branch head tested after the culprit was found."""
 
@@ -71,7 +82,8 @@ class BisectResult:
     good_commits: tuple[str, ...] = field(default=())
     runner_up: RunnerUp | None = None
     head: HeadCheck | None = None
-    strategy: str = "deterministic"  # or "bayesian" (flaky tests)
+    strategy: str = "adaptive"  # "deterministic" (limits.flaky = false) or a custom one
+    rates: ErrorRates | None = None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -100,6 +112,7 @@ class BisectResult:
             "good_commits": list(self.good_commits),
             "head": asdict(self.head) if self.head else None,
             "strategy": self.strategy,
+            "rates": asdict(self.rates) if self.rates else None,
         }
         return make_event(RESULT, **fields)
 

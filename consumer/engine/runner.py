@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from consumer.engine import conclusion, git, range_finder
+from consumer.engine.adaptive import VERIFY, AdaptiveSearch, Decision, Pick
 from consumer.engine.bayes import BayesianSearch
 from consumer.engine.dag import Dag
 from consumer.engine.events import PROGRESS, RANGE, STARTED, Emit, make_event
@@ -53,16 +56,14 @@ class Bisection:
 
     async def run(self, bad: str, good: str | None) -> BisectResult:
         """Bisect between ``bad`` and ``good`` (None: find one); every event but ``result``."""
-        # With several slots and a given good commit, the bad commit is checked alongside
-        # the first search tests instead of before them: one round of tests less.
-        overlap = (
-            good is not None
-            and self.limits.slots > 1
-            and bad not in self.ev.known
-            and self.limits.flaky is not FlakyMode.ON
-        )
-        if not overlap and not await range_finder.check_bad(self.ev, bad):
-            return conclusion.not_reproduced(self.ev, bad)
+        self.ev.forget_known(bad)  # reuse never decides the bad commit's check
+        if self.strategy_factory is None and self.limits.flaky is not FlakyMode.OFF:
+            return await self._run_adaptive(bad, good)
+        return await self._run_classic(bad, good)
+
+    async def _range(self, bad: str, good: str | None
+                     ) -> tuple[Dag, list[str]] | BisectResult:
+        """The range to search (the bad commit already checked), or the result ending it."""
         goods = [good] if good else None
         if goods is None:
             try:
@@ -86,6 +87,78 @@ class Bisection:
                 goods=goods,
             )
         self.emit(make_event(RANGE, good=goods, bad=bad, candidates=len(dag)))
+        return dag, goods
+
+    async def _run_adaptive(self, bad: str, good: str | None) -> BisectResult:
+        """The default search (:mod:`consumer.engine.adaptive`) over every run made."""
+        if not await range_finder.check_bad(self.ev, bad):
+            return conclusion.not_reproduced(self.ev, bad)
+        found = await self._range(bad, good)
+        if isinstance(found, BisectResult):
+            return found
+        dag, goods = found
+        search = AdaptiveSearch(dag, bad, goods, confidence=self.limits.confidence)
+        for commit, outcome in list(self.ev.history):  # the bad commit's check, find_good
+            search.record(commit, outcome, fresh=commit not in self.ev.reused)
+        for commit in [*dag.order, *goods]:  # known verdicts of earlier bisections
+            if commit in self.ev.known and commit not in self.ev.outcomes:
+                search.record(commit, await self.ev.evaluate(commit, "search"), fresh=False)
+        decision, verify_runs = await self._adaptive_loop(search)
+        return await conclusion.conclude_adaptive(self.ev, search, decision, goods, verify_runs)
+
+    async def _adaptive_loop(self, search: AdaptiveSearch) -> tuple[Decision, int]:
+        """Run what the search asks for, ``slots`` at a time, until it decides."""
+        pending: dict[asyncio.Task[Outcome], Pick] = {}
+        verify_runs = 0
+        try:
+            while True:
+                decision = search.decision(runs_used=self.ev.runs, budget=self.ev.budget)
+                if decision is not None and not pending:
+                    return decision, verify_runs
+                free = self.limits.slots - len(pending)
+                room = self.ev.budget - self.ev.runs - self.ev.in_flight
+                if decision is None and free > 0 and room > 0:
+                    busy = frozenset(p.commit for p in pending.values())
+                    for pick in search.next_picks(min(free, room), busy):
+                        task = asyncio.create_task(self.ev.evaluate(
+                            pick.commit, pick.phase, force=True, budgeted=False))
+                        pending[task] = pick
+                if not pending:
+                    exhausted = search.decision(runs_used=self.ev.runs, budget=self.ev.budget,
+                                                exhausted=True)
+                    assert exhausted is not None  # exhausted=True always decides
+                    return exhausted, verify_runs
+                done = await self._wait_batch(pending)
+                for task in done:
+                    pick = pending.pop(task)
+                    outcome = task.result()
+                    search.record(pick.commit, outcome, phase=pick.phase)
+                    if pick.phase == VERIFY and not outcome.reused:
+                        verify_runs += outcome.runs
+                    self.emit(make_event(
+                        PROGRESS, tested=len(self.ev.tested),
+                        candidates_left=len(search.model.credible_set(self.limits.confidence)),
+                        est_steps_left=math.ceil(search.runs_needed(search.model.rates())),
+                    ))
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _run_classic(self, bad: str, good: str | None) -> BisectResult:
+        """Git's search (``limits.flaky`` false) or a strategy given to :func:`run_task`."""
+        self.ev.strategy = "deterministic"
+        # With several slots and a given good commit, the bad commit is checked alongside
+        # the first search tests instead of before them: one round of tests less.
+        overlap = good is not None and self.limits.slots > 1 and bad not in self.ev.known
+        if not overlap and not await range_finder.check_bad(self.ev, bad):
+            return conclusion.not_reproduced(self.ev, bad)
+        found_range = await self._range(bad, good)
+        if isinstance(found_range, BisectResult):
+            return found_range
+        dag, goods = found_range
         search = self._strategy(dag, bad)
         await self._feed(search, dag, bad)
         side = asyncio.create_task(self.ev.evaluate(bad, "check_bad")) if overlap else None
@@ -93,31 +166,11 @@ class Bisection:
         if side is not None and side.result().verdict is not Verdict.BAD:  # raises its error
             return conclusion.not_reproduced(self.ev, bad)
         found = search.result()
-        if (
-            found.status is SearchStatus.INCONSISTENT
-            and self.limits.flaky is FlakyMode.AUTO
-            and not isinstance(search, BayesianSearch)
-        ):
-            # Contradicting verdicts: the test is flaky. Every run so far is evidence.
-            self.log.warning("switching_to_bayesian", reason=found.reason)
-            search = self._bayesian(dag, bad)
-            await self._feed(search, dag, bad)
-            budget_hit = await self._search(search)
-            found = search.result()
         if isinstance(search, BayesianSearch):
             return await conclusion.conclude_bayesian(self.ev, search, found, budget_hit, goods)
         if found.status is SearchStatus.FOUND and found.first_bad is not None:
             verification = (await conclusion.verify(self.ev, found.first_bad)
                             if self.limits.verify else None)
-            if (verification is not None and not verification.held
-                    and self.limits.flaky is FlakyMode.AUTO):
-                # The boundary did not hold on a second look: the test is flaky.
-                self.log.warning("switching_to_bayesian", reason=verification.detail)
-                search = self._bayesian(dag, bad)
-                await self._feed(search, dag, bad)
-                budget_hit = await self._search(search)
-                return await conclusion.conclude_bayesian(
-                    self.ev, search, search.result(), budget_hit, goods)
             return await conclusion.culprit_found(
                 self.ev, found.first_bad, goods, found.confidence, verification=verification)
         reason = found.reason
@@ -131,15 +184,9 @@ class Bisection:
         if self.strategy_factory is not None:
             search = self.strategy_factory(dag, bad)
             if isinstance(search, BayesianSearch):
-                self.ev.use_bayesian()
+                self.ev.strategy = "bayesian"
             return search
-        if self.limits.flaky is FlakyMode.ON:
-            return self._bayesian(dag, bad)
         return deterministic(dag, bad)
-
-    def _bayesian(self, dag: Dag, bad: str) -> BayesianSearch:
-        self.ev.use_bayesian()
-        return BayesianSearch(dag, bad, confidence=self.limits.confidence)
 
     async def _feed(self, search: SearchStrategy, dag: Dag, bad: str) -> None:
         """Give the search what is known about the range before it proposes anything."""
@@ -205,7 +252,8 @@ class Bisection:
                     await task
 
     @staticmethod
-    async def _wait_batch(pending: dict[asyncio.Task[Outcome], str]) -> set[asyncio.Task[Outcome]]:
+    async def _wait_batch(pending: Mapping[asyncio.Task[Outcome], object]
+                          ) -> set[asyncio.Task[Outcome]]:
         """The tests done now, plus those finishing within a short grace after the first.
 
         Tests started together usually end together; taking them as one batch lets the next

@@ -15,15 +15,19 @@ from consumer.engine.verdicts import DifferentErrorPolicy, Verdict
 
 
 class FlakyMode(StrEnum):
-    """Which search: ``auto`` is deterministic until verdicts contradict, then Bayesian."""
+    """Which search. ``auto`` and ``on`` are the same default search (it finds out from the
+    runs whether the test is flaky); ``off`` is git's search, one run a commit."""
 
     AUTO = "auto"
-    ON = "on"  # Bayesian from the start
-    OFF = "off"  # deterministic only; contradictions end ambiguous
+    ON = "on"
+    OFF = "off"  # deterministic only: no retests, contradictions end ambiguous
 
 DEFAULT_MAX_GOOD_SEARCH = 1000
-DEFAULT_RUN_BUDGET = 60
-DEFAULT_FLAKY_RUN_BUDGET = 300  # a flaky test needs several runs per commit
+# The default search stops far earlier on most tests: a deterministic one needs about
+# log2(N) + 3 runs, and "cannot tell" comes as soon as the runs show the target is out of
+# reach. The budget is what a hard flaky case (p = 0.5 against q = 0.3) may take.
+DEFAULT_RUN_BUDGET = 800
+DEFAULT_DETERMINISTIC_RUN_BUDGET = 60  # limits.flaky = false: git's search
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_SLOTS = 1
 MAX_SLOTS = 64
@@ -46,14 +50,10 @@ class Limits:
     slots: int = DEFAULT_SLOTS
     different_error: DifferentErrorPolicy = DifferentErrorPolicy.SKIP
     verify: bool = True
-    verify_retest: bool = False  # "verify": "retest" always reruns the boundary
+    verify_retest: bool = False  # "verify": "retest" (flaky = false) reruns the boundary
     head_check: bool | str = False  # True: the spec's head_commit; a string: that revision
     retest_flaky: bool = False
     flaky: FlakyMode = FlakyMode.AUTO
-    flaky_run_budget: int = DEFAULT_FLAKY_RUN_BUDGET  # run_budget when given, else this
-
-    def budget_for(self, bayesian: bool) -> int:
-        return self.flaky_run_budget if bayesian else self.run_budget
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class TaskSpec:
     head_commit: str | None = None  # the branch head, for limits.head_check = true
     db_url: str | None = None  # the jobs table's database (compass tester)
     scheduler_url: str | None = None  # compass-ci's scheduler (compass tester)
+    fresh_runs: bool = False  # ignore known_verdicts: every verdict comes from a new run
 
     @property
     def head_revision(self) -> str | None:
@@ -134,7 +135,17 @@ def parse_spec(data: Any) -> TaskSpec:
         head_commit=head_commit,
         db_url=_opt_str(data, "db_url"),
         scheduler_url=_opt_str(data, "scheduler_url"),
+        fresh_runs=_bool(data, "fresh_runs"),
     )
+
+
+def _bool(data: Mapping[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValidationError(key, "must be true or false")
+    return value
 
 
 def _str(data: Mapping[str, Any], key: str, prefix: str = "") -> str:
@@ -192,8 +203,8 @@ def _limits(data: Any) -> Limits:
             flaky = FlakyMode(str(flaky_raw))
         except ValueError as exc:
             raise ValidationError("limits.flaky", 'must be true, false or "auto"') from exc
-    run_budget = _int(data, "run_budget", DEFAULT_RUN_BUDGET, 1)
-    given = data.get("run_budget") is not None
+    run_budget = _int(data, "run_budget", DEFAULT_DETERMINISTIC_RUN_BUDGET
+                      if flaky is FlakyMode.OFF else DEFAULT_RUN_BUDGET, 1)
     return Limits(
         max_good_search=_int(data, "max_good_search", DEFAULT_MAX_GOOD_SEARCH, 1),
         run_budget=run_budget,
@@ -205,7 +216,6 @@ def _limits(data: Any) -> Limits:
         head_check=head_check,
         retest_flaky=bool(data.get("retest_flaky", False)),
         flaky=flaky,
-        flaky_run_budget=run_budget if given else DEFAULT_FLAKY_RUN_BUDGET,
     )
 
 

@@ -12,7 +12,7 @@ from consumer.engine.compare import Answer, engine_answer, git_bisect_run
 from consumer.engine.synthetic import SyntheticRepo, make_repo, plan_history
 
 N = 1000
-BOUND = math.ceil(math.log2(N)) + 2  # runs, the bad-commit check and verification included
+BOUND = math.ceil(math.log2(N)) + 3  # runs, the bad-commit check and a fresh retest each side
 
 
 async def _both(tmp_path: Path, bad_index: int, **kw: Any) -> tuple[SyntheticRepo, Answer, Answer]:

@@ -8,7 +8,12 @@ import pytest
 from common.errors import ValidationError
 from consumer.engine import testers
 from consumer.engine.cli import parse_args, read_known_verdicts, spec_from_args
-from consumer.engine.spec import DEFAULT_FLAKY_RUN_BUDGET, FlakyMode, parse_spec
+from consumer.engine.spec import (
+    DEFAULT_DETERMINISTIC_RUN_BUDGET,
+    DEFAULT_RUN_BUDGET,
+    FlakyMode,
+    parse_spec,
+)
 from consumer.engine.testers import TesterContext, build_tester
 
 BASE = {"repo_url": "r", "bad_commit": "b", "tester": {"kind": "command", "command": ["t"]}}
@@ -18,10 +23,11 @@ def test_flaky_modes_and_budgets() -> None:
     assert parse_spec(BASE).limits.flaky is FlakyMode.AUTO
     spec = parse_spec({**BASE, "limits": {"flaky": True}})
     assert spec.limits.flaky is FlakyMode.ON
-    assert spec.limits.budget_for(bayesian=True) == DEFAULT_FLAKY_RUN_BUDGET
-    assert spec.limits.budget_for(bayesian=False) == 60
+    assert spec.limits.run_budget == DEFAULT_RUN_BUDGET
+    spec = parse_spec({**BASE, "limits": {"flaky": False}})
+    assert spec.limits.run_budget == DEFAULT_DETERMINISTIC_RUN_BUDGET
     spec = parse_spec({**BASE, "limits": {"flaky": False, "run_budget": 80}})
-    assert spec.limits.flaky is FlakyMode.OFF and spec.limits.budget_for(bayesian=True) == 80
+    assert spec.limits.flaky is FlakyMode.OFF and spec.limits.run_budget == 80
     with pytest.raises(ValidationError) as caught:
         parse_spec({**BASE, "limits": {"flaky": "sometimes"}})
     assert caught.value.field == "limits.flaky"
@@ -35,6 +41,15 @@ def test_head_check_revision_or_head_commit() -> None:
     with pytest.raises(ValidationError) as caught:
         parse_spec({**BASE, "limits": {"head_check": True}})
     assert caught.value.field == "head_commit"
+
+
+def test_fresh_runs_drops_known_verdicts_and_must_be_a_bool() -> None:
+    known = [{"commit": "a" * 40, "verdict": "good", "runs": 1}]
+    assert parse_spec({**BASE, "known_verdicts": known}).fresh_runs is False
+    assert parse_spec({**BASE, "known_verdicts": known, "fresh_runs": True}).fresh_runs
+    with pytest.raises(ValidationError) as caught:
+        parse_spec({**BASE, "fresh_runs": "yes"})
+    assert caught.value.field == "fresh_runs"
 
 
 def test_db_and_scheduler_urls_reach_the_spec() -> None:
@@ -69,7 +84,7 @@ def test_cli_flaky_options(tmp_path: Path) -> None:
     assert spec.head_revision == "h"
     args, command = parse_args(["--repo", "r", "--bad", "b", "--", "t"])
     limits = parse_spec(spec_from_args(args, command)).limits
-    assert limits.flaky is FlakyMode.AUTO and limits.run_budget == 60
+    assert limits.flaky is FlakyMode.AUTO and limits.run_budget == DEFAULT_RUN_BUDGET
 
 
 def test_known_verdicts_file_lines_or_list(tmp_path: Path) -> None:

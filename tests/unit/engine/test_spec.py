@@ -5,7 +5,7 @@ import json
 import pytest
 
 from common.errors import ValidationError
-from consumer.engine.spec import load_spec, parse_spec
+from consumer.engine.spec import DEFAULT_RUN_BUDGET, load_spec, parse_spec
 from consumer.engine.verdicts import DifferentErrorPolicy, Verdict
 
 BASE = {
@@ -18,7 +18,7 @@ BASE = {
 def test_minimal_spec_gets_defaults() -> None:
     spec = parse_spec(BASE)
     assert spec.good_commit is None and spec.error_id is None
-    assert spec.limits.slots == 1 and spec.limits.run_budget == 60
+    assert spec.limits.slots == 1 and spec.limits.run_budget == DEFAULT_RUN_BUDGET
     assert spec.limits.different_error is DifferentErrorPolicy.SKIP
     assert spec.limits.verify and not spec.limits.verify_retest
 

@@ -1,0 +1,316 @@
+"""The default search: one policy for deterministic and flaky tests alike.
+
+It runs on the :class:`~consumer.engine.changepoint.ChangePoint` posterior and decides
+three things, with no I/O (the engine loop and the simulation both drive it):
+
+- *what to run next*: the commit whose run tells most about the culprit for the rates
+  estimated so far (the largest mutual information, times how likely the commit gives a
+  usable run at all); with several slots, the commits where P(after) is nearest
+  ``i / (slots + 1)``. A deterministic test is halved like ``git bisect``; a flaky one is
+  retested where that pays.
+- *verification*: as soon as one hypothesis holds half the probability, each side of its
+  boundary (the culprit and every parent; for :data:`GOOD_SIDE` the good commits) gets at
+  least :data:`SIDE_RUNS` usable runs of this bisection (known verdicts do not count), and
+  the answer stands only when the posterior, with those runs, reaches the target. A parent
+  that shows the error moves the posterior and the search simply goes on.
+- *when to stop*: the best hypothesis verified at the target (``found``, or
+  ``good_is_bad``); the run budget spent, or the runs so far saying the target is out of
+  reach (the two rates too close: "cannot tell"), ``undecided``; nothing left that could
+  split the likely candidates (untestable commits), ``ambiguous``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence, Set
+from dataclasses import dataclass
+
+from consumer.engine.changepoint import (
+    GOOD_SIDE,
+    ChangePoint,
+    Rates,
+    capacity,
+)
+from consumer.engine.dag import Dag
+from consumer.engine.search import DeterministicSearch, SearchStatus
+from consumer.engine.verdicts import Outcome, Verdict
+
+VERIFY_FROM = 0.5  # verify the best hypothesis once it holds this much probability
+SIDE_RUNS = 2  # usable runs of this bisection on each side of the boundary: one retest
+CONSISTENT_FLOOR = 0.5  # a verified answer every run agrees with stands from this P on
+STOP_MARGIN = 0.5  # the search stops at P >= 1 - (1 - confidence) * this
+MAX_SKIPS = 3  # a commit skipped this often without one usable run is not proposed again
+HOPELESS_AFTER = 60  # usable runs before "cannot tell within the budget" may be said...
+HOPELESS_FACTOR = 3.0  # ...when the runs still needed exceed this many budgets
+_MIN_INFORMATION = 2e-3  # bits: a run worth less cannot change the answer
+
+FOUND = "found"
+GOOD_IS_BAD = "good_is_bad"
+UNDECIDED = "undecided"
+AMBIGUOUS = "ambiguous"
+SEARCH = "search"
+VERIFY = "verify"
+
+
+@dataclass(frozen=True)
+class Pick:
+    commit: str
+    phase: str  # SEARCH or VERIFY
+
+
+@dataclass(frozen=True)
+class SideRuns:
+    commit: str
+    role: str  # "culprit", "parent" or "good"
+    runs: int  # usable runs of this bisection
+    bad_runs: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str  # FOUND, GOOD_IS_BAD, UNDECIDED or AMBIGUOUS
+    commit: str | None  # the culprit (FOUND), else None
+    confidence: float
+    candidates: tuple[str, ...]  # most likely first; GOOD_SIDE left out
+    reason: str | None
+    rates: Rates
+    sides: tuple[SideRuns, ...] = ()  # the boundary's runs (FOUND, GOOD_IS_BAD)
+
+
+def usable_counts(outcome: Outcome) -> tuple[int, int, int]:
+    """``(usable runs, bad runs, skipped runs)`` of one outcome."""
+    if outcome.verdict is Verdict.SKIP and not outcome.bad_runs:
+        return 0, 0, outcome.runs
+    bad = outcome.bad_runs or (outcome.runs if outcome.verdict is Verdict.BAD else 0)
+    return max(outcome.runs, bad), bad, 0
+
+
+class AdaptiveSearch:
+    """The default search policy over one range (see the module docstring)."""
+
+    def __init__(self, dag: Dag, bad: str, goods: Sequence[str], *, confidence: float) -> None:
+        self.model = ChangePoint(dag, bad, goods)
+        self.dag = dag
+        self.bad = bad
+        self.goods = tuple(goods)
+        self.target = confidence
+        # Stop at a stricter posterior than the one asked for: the prior cannot be right for
+        # every test, and an answer reported at c must be right at least c of the time.
+        self.stop_at = 1.0 - (1.0 - confidence) * STOP_MARGIN
+        self.fresh: dict[str, tuple[int, int]] = {}  # usable and bad runs of this bisection
+        self.verify_runs: dict[str, int] = {}  # usable runs the verification asked for
+        self.runs = 0  # runs recorded (usable or skipped), fresh ones only
+        self.usable = 0
+        # While no two runs contradict a deterministic test, the search is git's halving
+        # of the candidates left (no more runs than ceil(log2 N) on a deterministic test);
+        # the first contradiction hands the choice to the information gain for good.
+        self._halving: DeterministicSearch | None = DeterministicSearch(dag, bad)
+        self._seen: dict[str, Verdict] = {}
+
+    # -- evidence ----------------------------------------------------------------------------
+
+    def record(self, commit: str, outcome: Outcome, *, fresh: bool = True,
+               phase: str = SEARCH) -> None:
+        """A run's outcome; ``fresh`` False for a known verdict of an earlier bisection;
+        ``phase`` VERIFY for a run the verification asked for."""
+        runs, bad, skips = usable_counts(outcome)
+        if fresh and phase == VERIFY and runs:
+            self.verify_runs[commit] = self.verify_runs.get(commit, 0) + runs
+        if runs == 0 and skips == 0:
+            return
+        self.model.record(commit, runs, bad, skips)
+        self._track_consistency(commit, Verdict.BAD if bad else (
+            Verdict.GOOD if runs else Verdict.SKIP))
+        if fresh:
+            old = self.fresh.get(commit, (0, 0))
+            self.fresh[commit] = (old[0] + runs, old[1] + bad)
+            if not outcome.reused:
+                self.runs += runs + skips
+            self.usable += runs
+
+    def _track_consistency(self, commit: str, verdict: Verdict) -> None:
+        if self._halving is None:
+            return
+        before = self._seen.get(commit)
+        if verdict is Verdict.SKIP:
+            if before is None:
+                self._halving.record(commit, Outcome.of(Verdict.SKIP))
+            return
+        if (before not in (None, Verdict.SKIP) and before is not verdict) or (
+                commit in self.goods and verdict is Verdict.BAD):
+            self._halving = None  # the same commit both ways, or a bad good commit
+            return
+        self._seen[commit] = verdict
+        self._halving.record(commit, Outcome.of(verdict))
+        if self._halving.result().status is SearchStatus.INCONSISTENT:
+            self._halving = None
+
+    @property
+    def consistent(self) -> bool:
+        """No run so far contradicts a deterministic test."""
+        return self._halving is not None
+
+    def suspect(self) -> tuple[str, float] | None:
+        """The hypothesis to verify now, with its probability, or None."""
+        best, prob = self.model.best()
+        if prob >= VERIFY_FROM:
+            return best, prob
+        if self._halving is not None:
+            found = self._halving.result()
+            if found.status is SearchStatus.FOUND and found.first_bad is not None:
+                return found.first_bad, self.model.probability(found.first_bad)
+        return None
+
+    # -- boundary ----------------------------------------------------------------------------
+
+    def sides(self, hypothesis: str) -> list[tuple[str, str]]:
+        """The commits whose runs verify ``hypothesis``, with their role."""
+        if hypothesis == GOOD_SIDE:
+            return [(g, "good") for g in self.goods]
+        return [(hypothesis, "culprit")] + [(p, "parent") for p in self.dag.all_parents(hypothesis)]
+
+    def _side_runs(self, hypothesis: str) -> tuple[SideRuns, ...]:
+        return tuple(SideRuns(c, role, *self.fresh.get(c, (0, 0)))
+                     for c, role in self.sides(hypothesis))
+
+    def _side_done(self, side: SideRuns) -> bool:
+        """A run the verification asked for (a commit the search never ran needs no more),
+        or :data:`SIDE_RUNS` usable runs of this bisection (a retest the search made)."""
+        if self._given_up(side.commit):
+            return True
+        return self.verify_runs.get(side.commit, 0) >= 1 or side.runs >= SIDE_RUNS
+
+    def verified(self, hypothesis: str) -> bool:
+        return all(self._side_done(s) for s in self._side_runs(hypothesis))
+
+    def _given_up(self, commit: str) -> bool:
+        counts = self.model.counts.get(commit)
+        return counts is not None and counts.runs == 0 and counts.skips >= MAX_SKIPS
+
+    def _testable(self, commit: str) -> float:
+        counts = self.model.counts.get(commit)
+        if counts is None:
+            return 1.0
+        return (counts.runs + 1) / (counts.runs + counts.skips + 1)
+
+    # -- what next ---------------------------------------------------------------------------
+
+    def next_picks(self, n: int, pending: Set[str] = frozenset()) -> list[Pick]:
+        """Up to ``n`` commits to run now, none of them in ``pending``."""
+        if n <= 0:
+            return []
+        picks: list[Pick] = []
+        suspect = self.suspect()
+        if suspect is not None:
+            for side in self._side_runs(suspect[0]):
+                if not self._side_done(side) and side.commit not in pending:
+                    picks.append(Pick(side.commit, VERIFY))
+        picks = picks[:n]
+        if len(picks) < n:
+            taken = set(pending) | {p.commit for p in picks}
+            picks += [Pick(c, SEARCH) for c in self._search_picks(n - len(picks), taken)]
+        return picks
+
+    def _search_picks(self, n: int, taken: Set[str]) -> list[str]:
+        if self._halving is not None:
+            halving = self._halving.next_commits(n, taken)
+            if halving:
+                return halving
+        bits = self.model.information_map()
+        choices = {c: b for c, b in bits.items() if c not in taken and not self._given_up(c)}
+        if not choices:
+            return []
+        position = self._position
+        scored = {c: self._testable(c) * b for c, b in choices.items()}
+        if n == 1:
+            best = max(scored, key=lambda c: (scored[c], -position(c)))
+            return [best] if scored[best] > _MIN_INFORMATION else []
+        # Several slots: k-section on P(after), among the commits worth a run at all.
+        worth = [c for c in scored if scored[c] > _MIN_INFORMATION]
+        after = {c: self.model.after_probability(c) for c in worth}
+        chosen: list[str] = []
+        for i in range(1, n + 1):
+            left = [c for c in worth if c not in chosen]
+            if not left:
+                break
+            target = i / (n + 1)
+            chosen.append(min(left, key=lambda c: (abs(after[c] - target) / self._testable(c),
+                                                   position(c))))
+        return chosen
+
+    def _position(self, commit: str) -> int:
+        return self.dag.position(commit) if commit in self.dag else len(self.dag)
+
+    # -- when to stop ------------------------------------------------------------------------
+
+    def decision(self, *, runs_used: int, budget: int, exhausted: bool = False
+                 ) -> Decision | None:
+        """The answer when the search should stop now, else None.
+
+        ``exhausted``: nothing more can be run (no pick left), so an answer is due.
+        """
+        best, prob = self.suspect() or self.model.best()
+        rates = self.model.rates()
+        # A verified boundary that every run agrees with, as a deterministic test would, is
+        # all the runs can say without testing a deterministic test over and over: the
+        # answer stands, at the probability the posterior gives it (not 100 %).
+        if self.verified(best) and (prob >= self.stop_at or (
+                prob >= CONSISTENT_FLOOR and self.model.consistent_step(best))):
+            if best == GOOD_SIDE:
+                return Decision(GOOD_IS_BAD, None, prob, (), self._good_is_bad_reason(rates),
+                                rates, self._side_runs(best))
+            return Decision(FOUND, best, prob, (best,), None, rates, self._side_runs(best))
+        if runs_used >= budget:
+            return self._undecided(f"run budget of {budget} runs spent", rates, prob)
+        needed = self.runs_needed(rates)
+        if self.usable >= HOPELESS_AFTER and runs_used + needed > HOPELESS_FACTOR * budget:
+            return self._undecided(
+                f"about {needed:.0f} more runs would be needed, over the run budget of {budget}",
+                rates, prob)
+        if exhausted:
+            credible = tuple(c for c in self.model.credible_set(self.target) if c != GOOD_SIDE)
+            return Decision(
+                AMBIGUOUS, None, prob, credible,
+                f"no commit left whose runs could tell the likely candidates apart (untestable "
+                f"commits?); {len(credible)} candidate(s) hold {self.target:.0%} of the "
+                f"probability, the first at {prob:.3f}", rates)
+        return None
+
+    def runs_needed(self, rates: Rates) -> float:
+        """Runs still needed at the information limit for ``rates``, skips included."""
+        bits = self.model.entropy_bits() + math.log2(1.0 / max(1.0 - self.target, 1e-9))
+        per_run = capacity(rates) * (self.usable + 1) / (self.runs + 1)
+        return bits / max(per_run, 1e-9)
+
+    def _undecided(self, why: str, rates: Rates, prob: float) -> Decision:
+        credible = tuple(c for c in self.model.credible_set(self.target) if c != GOOD_SIDE)
+        best, _ = self.model.best()
+        lead = "the good side" if best == GOOD_SIDE else best[:12]
+        return Decision(
+            UNDECIDED, None, prob, credible,
+            f"cannot tell: {why}; the error shows in ~{rates.bad:.0%} of runs after the first "
+            f"bad commit and ~{rates.good:.0%} before it, and the most likely answer ({lead}) "
+            f"has probability {prob:.3f}, below the target {self.target}", rates)
+
+    def _good_is_bad_reason(self, rates: Rates) -> str:
+        shown = "; ".join(f"{s.commit[:12]} showed it in {s.bad_runs} of {s.runs} runs"
+                          for s in self._side_runs(GOOD_SIDE))
+        return (f"the good commit shows the error ({shown}): the regression is older than the "
+                f"range (the error shows in ~{rates.bad:.0%} of runs on both sides)")
+
+
+# -- the bad commit's check -----------------------------------------------------------------
+
+REPRODUCE_USABLE = 15  # usable runs of the bad commit without the error: 0.7^15 < 0.5 %...
+REPRODUCE_TRIES = 30  # ...or this many runs in all, before "not reproduced"
+
+
+def reproduced(usable: int, bad_runs: int, tries: int) -> bool | None:
+    """The bad commit's check so far: True (the error showed), False (give up), None (run
+    it again). A run without the error is evidence of flakiness, not the end: the bad
+    commit *did* fail in the job that reported it."""
+    if bad_runs:
+        return True
+    if usable >= REPRODUCE_USABLE or tries >= REPRODUCE_TRIES:
+        return False
+    return None

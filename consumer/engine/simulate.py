@@ -1,0 +1,112 @@
+"""A fast simulation of the default search on a linear history: no git, no processes.
+
+The bad-commit check, the search, the verification and the stopping rules are those of
+the engine (:mod:`consumer.engine.adaptive`); only the test is simulated: a run at commit
+``i`` of a range ``0..n-1`` (``n - 1`` the bad commit, the good commit before ``0``) ends
+in an unrelated error with probability ``noise`` (a skip), is skipped at an untestable
+commit, and otherwise shows our error with probability ``p`` when ``i >= culprit`` and
+``q`` before. ``culprit = -1`` makes the good commit itself bad.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from consumer.engine.adaptive import AdaptiveSearch, Decision, reproduced
+from consumer.engine.changepoint import GOOD_SIDE
+from consumer.engine.dag import Dag
+from consumer.engine.spec import DEFAULT_CONFIDENCE, DEFAULT_RUN_BUDGET
+from consumer.engine.verdicts import Outcome, Verdict
+
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    n: int  # commits in the range (the bad one included, the good one not)
+    culprit: int  # index of the first bad commit; -1: the good commit is bad too
+    p: float  # P(the error shows) at a commit at or after the culprit
+    q: float  # P(the error shows) before it
+    noise: float = 0.0  # P(an unrelated error): the run is a skip
+    untestable: frozenset[int] = frozenset()  # commits whose runs always skip
+
+
+@dataclass(frozen=True)
+class Trial:
+    status: str  # found, good_is_bad, undecided, ambiguous, not_reproduced
+    answer: int | None  # the culprit's index (found), -1 for good_is_bad
+    confidence: float
+    runs: int
+    right: bool  # a found culprit or good_is_bad that is the truth
+
+
+def name(i: int) -> str:
+    return GOOD if i < 0 else f"c{i}"
+
+
+@lru_cache(maxsize=8)
+def linear_dag(n: int) -> Dag:
+    return Dag({name(i): (name(i - 1),) for i in range(n)})
+
+
+def run_trial(s: Scenario, seed: int, *, confidence: float = DEFAULT_CONFIDENCE,
+              budget: int = DEFAULT_RUN_BUDGET,
+              trace: Callable[[str], None] | None = None) -> Trial:
+    """One simulated bisection; ``trace`` gets a line per run (for debugging)."""
+    rng = random.Random(seed)
+
+    def run(i: int) -> Outcome:
+        if rng.random() < s.noise or i in s.untestable:
+            return Outcome.of(Verdict.SKIP)
+        shows = rng.random() < (s.p if i >= s.culprit else s.q)
+        return Outcome.of(Verdict.BAD if shows else Verdict.GOOD)
+
+    bad = s.n - 1
+    check: list[Outcome] = []
+    usable = bad_runs = 0
+    while (state := reproduced(usable, bad_runs, len(check))) is None:
+        outcome = run(bad)
+        check.append(outcome)
+        usable += outcome.verdict is not Verdict.SKIP
+        bad_runs += outcome.verdict is Verdict.BAD
+    if not state:
+        return Trial("not_reproduced", None, 0.0, len(check), False)
+    search = AdaptiveSearch(linear_dag(s.n), name(bad), [GOOD], confidence=confidence)
+    for outcome in check:
+        search.record(name(bad), outcome)
+    index = {name(i): i for i in range(-1, s.n)}
+    while True:
+        decision = search.decision(runs_used=search.runs, budget=budget)
+        if decision is not None:
+            break
+        picks = search.next_picks(1)
+        if not picks:
+            decision = search.decision(runs_used=search.runs, budget=budget, exhausted=True)
+            assert decision is not None
+            break
+        outcome = run(index[picks[0].commit])
+        if trace is not None:
+            rates = search.model.rates()
+            best, prob = search.model.best()
+            after = search.model.after_probability(picks[0].commit)
+            trace(f"{search.runs:>4} {picks[0].phase:<6} {picks[0].commit:>6} "
+                  f"{outcome.verdict.value:<4} after={after:.3f} "
+                  f"p={rates.bad:.3f} q={rates.good:.3f} best={best} {prob:.3f}")
+        search.record(picks[0].commit, outcome, phase=picks[0].phase)
+    return _trial(decision, s, search.runs, index)
+
+
+def _trial(d: Decision, s: Scenario, runs: int, index: dict[str, int]) -> Trial:
+    if d.status == "found" and d.commit is not None:
+        answer = index[d.commit]
+        return Trial(d.status, answer, d.confidence, runs, answer == max(s.culprit, 0)
+                     and s.culprit >= 0)
+    if d.status == "good_is_bad":
+        return Trial(d.status, -1, d.confidence, runs, s.culprit < 0 or s.p <= s.q)
+    return Trial(d.status, None, d.confidence, runs, False)
+
+
+__all__ = ["GOOD", "GOOD_SIDE", "Scenario", "Trial", "linear_dag", "run_trial"]
