@@ -140,6 +140,37 @@ async def test_long_polls_are_capped_and_woken_only_for_their_testers(
             other.cancel()
 
 
+async def test_a_submit_wakes_one_waiter_a_task(repo: Repository, db_url: DbUrl) -> None:
+    """300 waiting claims used to be woken by every submit (6 to 480 ms a submit): now one
+    waiter a new task looks, and a waiter that fills its slots passes the wake-up on."""
+    async with running_producer(_settings(db_url)) as client:
+        writer = client.app[STATE_KEY].writer  # type: ignore[index]
+        looks: dict[str, int] = {}
+        claim = writer.claim
+
+        async def counted(consumer_id: str, slots: int, testers: Any) -> Any:
+            looks[consumer_id] = looks.get(consumer_id, 0) + 1
+            return await claim(consumer_id, slots, testers)
+
+        writer.claim = counted
+        polls = [asyncio.ensure_future(client.post(
+            "/api/v1/internal/claim", headers=CONSUMER,
+            json={"consumer_id": f"w{n}", "slots": 1, "testers": ["demo"], "wait_s": 10}))
+            for n in range(20)]
+        await asyncio.sleep(0.5)
+        await client.post("/api/v1/tasks", json=_task("one"), headers=WRITE)
+        await asyncio.sleep(0.5)
+        assert sum(looks.values()) <= 20 + 2, looks  # the woken one, and one it passed on to
+        items = [_task(f"many{n}") for n in range(5)]
+        await client.post("/api/v1/tasks/batch", json={"tasks": items}, headers=WRITE)
+        # Every task goes to a waiting claim at once, long before the claims' 10 s.
+        done, _ = await asyncio.wait(polls, timeout=2)
+        got = [len((await p.result().json())["tasks"]) for p in done]
+        assert sum(got) == 6, got
+        for poll in polls:
+            poll.cancel()
+
+
 async def test_a_submitted_timeout_is_bounded(repo: Repository, db_url: DbUrl) -> None:
     async with running_producer(_settings(db_url, max_task_timeout_s=3600)) as client:
         week = await client.post("/api/v1/tasks", json=_task("t1", timeout=7 * 24 * 3600),
