@@ -30,6 +30,9 @@ from producer.leases import lease_matches, lease_secret
 
 log = structlog.get_logger(__name__)
 
+# The task's ``extra`` flag that tells consumers to reuse no stored verdict.
+FRESH_RUNS = "fresh_runs"
+
 
 @dataclass(frozen=True)
 class SubmitResult:
@@ -80,10 +83,13 @@ def _item_error(exc: BaseException) -> ValidationError | None:
 class TaskStateWriter:
     def __init__(self, repo: Repository, *, lease_s: int, max_attempts: int,
                  clock: Callable[[], float] = time.time, max_claims_per_consumer: int = 64,
-                 max_long_polls: int = 200, default_tester: str = "compass") -> None:
+                 max_long_polls: int = 200, default_tester: str = "compass",
+                 repo_url_allow: Sequence[str] = ()) -> None:
         self._repo = repo
-        # The tester that runs rows compass-ci's own service wrote (they name none).
+        # The tester that runs rows compass-ci's own service wrote (they name none), and the
+        # repository URLs their jobs may name.
         self._default_tester = default_tester
+        self._repo_url_allow = tuple(repo_url_allow)
         self._lease_ms = lease_s * 1000
         self.lease_s = lease_s
         self._max_attempts = max_attempts
@@ -320,17 +326,20 @@ class TaskStateWriter:
             raise TaskNotFound(task_id)
         return task
 
-    async def retry(self, task_id: int) -> Task:
-        """Put a failed or cancelled task back to waiting; attempts are kept."""
+    async def retry(self, task_id: int, *, fresh: bool = False) -> Task:
+        """Put a failed or cancelled task back to waiting; attempts are kept. ``fresh``:
+        its next bisection reuses no stored verdict (every commit is tested again)."""
         async with self._lock:
             task = await self._require(task_id)
             if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
                 raise InvalidTransition(f"task is {task.status.value}; only failed or "
                                         "cancelled tasks can be retried")
+            if fresh != bool(task.extra.get(FRESH_RUNS)):
+                await self._repo.set_task_extra(task_id, {**task.extra, FRESH_RUNS: fresh})
             await self._repo.mark_requeued(task_id, attempts=task.attempts,
                                            retry_count=task.retry_count + 1,
                                            last_error=task.last_error)
-            log.info("task_retried", task_id=task_id)
+            log.info("task_retried", task_id=task_id, fresh=fresh)
             self.wake_claimers()
             return await self._require(task_id)
 
@@ -395,7 +404,8 @@ class TaskStateWriter:
             if task.status is not TaskStatus.WAIT:  # Manticore's '=' ignores case
                 continue
             if needs_adoption(task):
-                adopted = await adopt(self._repo, task, self._default_tester)
+                adopted = await adopt(self._repo, task, self._default_tester,
+                                      self._repo_url_allow)
                 if adopted.task is None:
                     await self._repo.mark_failed(task.id, attempts=task.attempts,
                                                  last_error=adopted.problem or "cannot run")
