@@ -86,8 +86,8 @@ async def test_drain_runs_everything_within_the_slot_limit(
     for task_id in range(1, 6):
         steps = await repo.steps_of_task(task_id)
         assert [(s.attempt, s.seq) for s in steps] == [(1, 1), (1, 2)]
-    regression = await repo.get_regression("err.x")
-    assert regression is not None and regression.first_bad_commit == "c2"
+    culprits = await repo.culprits_of("err.x")
+    assert [c.first_bad_commit for c in culprits] == ["c2"]
 
 
 async def test_drain_exits_at_once_when_nothing_waits(
