@@ -56,9 +56,8 @@ async def test_found_records_steps_verdicts_progress(repo: Repository, tmp_path:
     verdicts = await repo.verdicts_in_scope("/srv/repo.git", "fp", "err.x")
     assert [(v.commit, v.verdict, v.task_id) for v in verdicts] == [("c2", Verdict.BAD, TASK_ID)]
     await recorder.record_regression("/srv/repo.git")
-    regression = await repo.get_regression("err.x")
-    assert regression is not None
-    assert (regression.first_bad_commit, regression.bisect_task_id) == ("c2", TASK_ID)
+    culprits = await repo.culprits_of("err.x")
+    assert [(c.first_bad_commit, c.bisect_task_id) for c in culprits] == [("c2", TASK_ID)]
     assert not (tmp_path / "work" / "4242-2").exists()
 
 
