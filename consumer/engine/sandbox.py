@@ -53,6 +53,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _TEST_GIT_CONFIG = {"core.hooksPath": os.devnull, "core.fsmonitor": "false",
                     "safe.directory": "*"}
 _PR_SET_PDEATHSIG = 1
+# Looked up once here: a child between fork and exec must not load libraries (another thread
+# of the parent may have held the loader's lock at the fork).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 
 
 class SandboxMode(StrEnum):
@@ -69,8 +72,7 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     otherwise clear the setting. A parent that died before the call leaves us orphaned: exit.
     """
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    _PRCTL(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
 
