@@ -300,6 +300,8 @@ class Cluster:
             "BISECT_REPO_URL_ALLOW": str(self.root) + "/",
             "BISECT_LEASE_SECONDS": str(self.lease_s), "BISECT_SWEEP_INTERVAL_S": "0.5",
             "BISECT_WRITER_HEARTBEAT_S": "0.5", "BISECT_DEFAULT_TESTER": "synth",
+            # The producer refuses tester names the deployment does not define.
+            "BISECT_TESTERS": "synth,slow,hang",
             MARKER: self.marker, **extra}
         number = len(self.producers) + 1
         service = ServiceProcess(f"producer-{number}", "producer.main", env,
@@ -319,6 +321,10 @@ class Cluster:
             "BISECT_CACHE_DIR": str(self.cache_dir), "BISECT_WORK_DIR": str(work_dir),
             "BISECT_CONSUMER_HTTP_PORT": "0", "BISECT_POLL_MIN_S": "0.05",
             "BISECT_POLL_MAX_S": "0.3", "BISECT_GRACE_S": "0.5", "BISECT_KILL_GRACE_S": "1",
+            # Tests here write a journal under pytest's private temp folder and carry the
+            # marker that finds their processes: they run as the test user, environment
+            # passed through (tests/acceptance/test_sandbox_secrets.py covers the sandbox).
+            "BISECT_SANDBOX": "none", "BISECT_SANDBOX_PASS_ENV": MARKER,
             MARKER: self.marker, **extra}
         service = ServiceProcess(name, "consumer.main", env,
                                  self.root / "logs" / f"{name}.log").start()
