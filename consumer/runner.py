@@ -116,10 +116,12 @@ def build_spec(task: ClaimedTask, profile: TesterProfile, *, settings: ConsumerS
         # A compass tester reruns the bad job at other commits: it needs to know which job,
         # where to submit and where the jobs table is. The account and its token travel in
         # the spec (stdin), never in the engine's environment, where a test could read them.
-        if settings.compass_account:
-            tester.setdefault("my_account", settings.compass_account)
-        if settings.compass_token:
-            tester.setdefault("my_token", settings.compass_token)
+        for key, value in (("my_account", settings.compass_account),
+                           ("my_email", settings.compass_email),
+                           ("my_name", settings.compass_name),
+                           ("my_token", settings.compass_token)):
+            if value:
+                tester.setdefault(key, value)
         spec["bad_job_id"] = task.bad_job_id
         spec["db_url"] = settings.db_url.to_url()
         spec["scheduler_url"] = settings.scheduler_url

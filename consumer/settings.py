@@ -81,6 +81,9 @@ class ConsumerSettings:
     # The account compass jobs are submitted as; handed to the engine in the spec only.
     compass_account: str = field(default="", repr=False)
     compass_token: str = field(default="", repr=False)
+    # compass-ci's scheduler requires my_email and my_name on every submit (§7.3).
+    compass_email: str = field(default="", repr=False)
+    compass_name: str = field(default="", repr=False)
     # How tests run (consumer/engine/sandbox.py); the engines get these through their env.
     sandbox: SandboxMode = DEFAULT_SANDBOX
     sandbox_user: str = DEFAULT_SANDBOX_USER
@@ -143,6 +146,8 @@ class ConsumerSettings:
             scheduler_url=scheduler_url,
             compass_account=env.get_str("BISECT_COMPASS_ACCOUNT", ""),
             compass_token=compass_token,
+            compass_email=env.get_str("BISECT_COMPASS_EMAIL", ""),
+            compass_name=env.get_str("BISECT_COMPASS_NAME", ""),
             sandbox=sandbox.mode,  # resolved: auto became user or none
             sandbox_user=sandbox.user or env.get_str("BISECT_SANDBOX_USER",
                                                      DEFAULT_SANDBOX_USER),
