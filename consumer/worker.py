@@ -59,6 +59,14 @@ def remove_empty_task_dirs(work_dir: str) -> int:
     return removed
 
 
+def task_timeout_s(task: ClaimedTask, settings: ConsumerSettings) -> float:
+    """The smaller of the task's timeout and this consumer's BISECT_TASK_TIMEOUT_S: a
+    submitter may ask for less time, never for more than the operator allows."""
+    if task.timeout:
+        return float(min(task.timeout, settings.task_timeout_s))
+    return float(settings.task_timeout_s)
+
+
 @dataclass
 class Running:
     """One task this consumer holds: its claim, its asyncio task, its engine run."""
@@ -325,7 +333,7 @@ class Worker:
             tester_fingerprint=fingerprint, error_id=task.error_id,
             bad_job_id=task.bad_job_id), self.metrics)
         run = BisectionRun(self.settings.engine_command, spec, recorder,
-                           timeout_s=float(task.timeout or self.settings.task_timeout_s),
+                           timeout_s=task_timeout_s(task, self.settings),
                            kill_grace_s=self.settings.kill_grace_s, work_dir=work_dir)
         item.run = run
         if item.stop_reason is not None:

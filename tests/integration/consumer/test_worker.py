@@ -202,3 +202,17 @@ async def test_unknown_tester_fails_the_task(
     assert outcomes["2"] == ("failed", "bad task: task has no git_url")
     assert outcomes["1"][0] == "completed"
 
+
+
+async def test_a_task_timeout_never_exceeds_the_consumers(
+        repo: Repository, db_url: DbUrl, producer: FakeProducer, tmp_path: Path) -> None:
+    producer.add(1, timeout=7 * 24 * 3600)  # a submitter's week
+    url = await producer.start()
+    settings = settings_for(db_url, url, tmp_path, drain=True, task_timeout_s=1.0,
+                            tester={"mode": "hang"})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    code, _ = await run_worker(settings, repo)
+    assert code == 0 and loop.time() - started < 15
+    (finish,) = producer.finishes
+    assert (finish["outcome"], finish["reason"]) == ("failed", "timeout")
