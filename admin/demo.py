@@ -32,10 +32,10 @@ import pymysql
 from admin.db_errors import explain
 from admin.demo_access import DemoAccess, env_file_path
 from admin.launcher import ServiceProcess, http_json, wait_http_ok
-from common import ids
 from common.compass_job import job_row
 from common.db import Database
 from common.errors import BisectError
+from common.ids import stable_id
 from common.models import Regression
 from common.private_db import PrivateMariaDB, free_port
 from common.repository import Repository
@@ -74,25 +74,27 @@ def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def _job(job_id: int, errids: tuple[str, ...], repo_path: Path, head: str) -> dict[str, Any]:
-    """A finished compass-ci build job, shaped as compass-ci's scheduler writes it."""
+def _job_row(job_id: int, errids: tuple[str, ...], repo_path: Path, head: str
+             ) -> dict[str, Any]:
+    """A finished, failed job in compass-ci's ``jobs`` layout (branch ``compact``)."""
     params = {"_url": str(repo_path), "commit": head, "project": "demo-project"}
     doc = {"suite": DEMO_SUITE, "category": "functional", "my_account": "demo",
-           "testbox": "dc-demo", "arch": "x86_64", "osv": "debian@12", "tbox_group": "dc-demo",
-           "os": "debian", "os_version": "12", "os_arch": "x86_64",
-           "program": {"makepkg": dict(params)},
+           "testbox": "localhost", "tbox_group": "localhost", "os": "debian",
+           "os_version": "12", "os_arch": "x86_64", "arch": "x86_64", "osv": "debian@12",
+           "program": {"makepkg": params},
            "pp": {"makepkg": {k: v for k, v in params.items() if k != "_url"}},
-           "result_root": f"/result/{DEMO_SUITE}/demo/{job_id}"}
+           "upstream_branch": "main", "result_root": f"/result/demo/{job_id}"}
+    # compass-ci marks a job whose test failed "abort": what discovery looks for by default.
     return job_row(job_id, doc, stage="finish", health="abort", readiness="complete",
                    errids=errids, submit_time=int(time.time()),
                    stats={errid: 1 for errid in errids})
 
 
-def _jobs(job_id: int, repo_path: Path, head: str) -> list[dict[str, Any]]:
+def _job_rows(job_id: int, repo_path: Path, head: str) -> list[dict[str, Any]]:
     """The failed job discovery bisects, and a second one (no error ids recorded, so
     discovery leaves it alone) for the user to submit."""
-    return [_job(job_id, (DEMO_ERROR_ID,), repo_path, head),
-            _job(job_id + 1, (), repo_path, head)]
+    return [_job_row(job_id, (DEMO_ERROR_ID,), repo_path, head),
+            _job_row(job_id + 1, (), repo_path, head)]
 
 
 async def _seed(db_url: DbUrl, repo_path: Path, head: str, job_id: int) -> None:
@@ -101,10 +103,13 @@ async def _seed(db_url: DbUrl, repo_path: Path, head: str, job_id: int) -> None:
     try:
         await repo.create_missing_tables()
         await repo.add_missing_columns()
-        await repo.insert_regression(Regression(id=ids.regression_id(DEMO_ERROR_ID),
-                                                errid=DEMO_ERROR_ID, category="functional",
-                                                valid="true"))
-        await repo.insert_job_rows(_jobs(job_id, repo_path, head))
+        if DEMO_ERROR_ID not in await repo.regression_whitelist():
+            # The row a person adds in compass-ci to say "bisect this error id".
+            now = int(time.time())
+            await repo.insert_regression(Regression(
+                id=stable_id("bisect-demo-regression", DEMO_ERROR_ID), errid=DEMO_ERROR_ID,
+                category="functional", first_seen=now, last_seen=now, valid="true"))
+        await repo.insert_job_rows(_job_rows(job_id, repo_path, head))
     finally:
         await db.close()
 
@@ -163,10 +168,12 @@ def _port(wanted: int) -> int:
 
 
 def _start_services(options: DemoOptions, db_url: DbUrl, work: Path, port: int,
-                    api_token: str) -> list[ServiceProcess]:
+                    api_token: str, sample: Path) -> list[ServiceProcess]:
     base = f"http://127.0.0.1:{port}"
     consumer_token = secrets.token_hex(16)
-    common_env = {"BISECT_DB_URL": db_url.to_url(), "BISECT_LOG_LEVEL": "info"}
+    # The sample is a local path: only a rule naming it lets a task clone it.
+    common_env = {"BISECT_DB_URL": db_url.to_url(), "BISECT_LOG_LEVEL": "info",
+                  "BISECT_REPO_URL_ALLOW": str(sample)}
     services = [ServiceProcess("producer", "producer.main", {
         **common_env, "BISECT_PORT": str(port), "BISECT_HOST": "127.0.0.1",
         "BISECT_API_TOKENS": api_token, "BISECT_CONSUMER_TOKENS": consumer_token,
@@ -270,7 +277,7 @@ def _demo(options: DemoOptions, work: Path, services: list[ServiceProcess],
         port = _port(options.port)
         base = f"http://127.0.0.1:{port}"
         api_token = secrets.token_hex(16)
-        services += _start_services(options, db_url, work, port, api_token)
+        services += _start_services(options, db_url, work, port, api_token, sample.path)
         _say(f"producer on {base} and {options.consumers} consumers started; "
              "waiting for discovery and the bisection")
         _say(f"API token: {api_token}")
