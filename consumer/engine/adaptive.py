@@ -39,10 +39,10 @@ VERIFY_FROM = 0.5  # verify the best hypothesis once it holds this much probabil
 SIDE_RUNS = 2  # usable runs of this bisection on each side of the boundary: one retest
 CONSISTENT_FLOOR = 0.5  # a verified answer every run agrees with stands from this P on
 STOP_MARGIN = 0.5  # the search stops at P >= 1 - (1 - confidence) * this
-MAX_SKIPS = 3  # a commit skipped this often without one usable run is not proposed again
+GIVE_UP_CHANCE = 0.005  # a testable commit skipped this unlikely often in a row is untestable
 HOPELESS_AFTER = 60  # usable runs before "cannot tell within the budget" may be said...
 HOPELESS_FACTOR = 3.0  # ...when the runs still needed exceed this many budgets
-_MIN_INFORMATION = 2e-3  # bits: a run worth less cannot change the answer
+_MIN_INFORMATION = 1e-9  # bits: a run worth less tells nothing
 
 FOUND = "found"
 GOOD_IS_BAD = "good_is_bad"
@@ -185,7 +185,18 @@ class AdaptiveSearch:
 
     def _given_up(self, commit: str) -> bool:
         counts = self.model.counts.get(commit)
-        return counts is not None and counts.runs == 0 and counts.skips >= MAX_SKIPS
+        return counts is not None and counts.runs == 0 and counts.skips >= self._max_skips()
+
+    def _max_skips(self) -> int:
+        """Skips in a row after which a commit is taken as untestable: 2 when runs never
+        fail for unrelated reasons, more when they do (the rate seen on testable commits)."""
+        usable = skipped = 0
+        for counts in self.model.counts.values():
+            if counts.runs:
+                usable += counts.runs
+                skipped += counts.skips
+        rate = min(max((skipped + 1) / (usable + skipped + 4), 0.05), 0.8)  # prior: 1 in 4
+        return max(2, min(10, math.ceil(math.log(GIVE_UP_CHANCE) / math.log(rate))))
 
     def _testable(self, commit: str) -> float:
         counts = self.model.counts.get(commit)
@@ -267,7 +278,7 @@ class AdaptiveSearch:
             return self._undecided(
                 f"about {needed:.0f} more runs would be needed, over the run budget of {budget}",
                 rates, prob)
-        if exhausted:
+        if exhausted or self._stuck():
             credible = tuple(c for c in self.model.credible_set(self.target) if c != GOOD_SIDE)
             return Decision(
                 AMBIGUOUS, None, prob, credible,
@@ -275,6 +286,15 @@ class AdaptiveSearch:
                 f"commits?); {len(credible)} candidate(s) hold {self.target:.0%} of the "
                 f"probability, the first at {prob:.3f}", rates)
         return None
+
+    def _stuck(self) -> bool:
+        """Whether the likely candidates hold the target but no commit left to run could
+        tell them apart (untestable commits between them): more runs cannot help."""
+        credible = self.model.credible_set(self.target, limit=20)
+        if len(credible) < 2 or len(credible) >= 20:
+            return False
+        runnable = [c for c in [*self.model.dag.order, *self.goods] if not self._given_up(c)]
+        return not self.model.can_split(credible, runnable)
 
     def runs_needed(self, rates: Rates) -> float:
         """Runs still needed at the information limit for ``rates``, skips included."""

@@ -49,16 +49,14 @@ _LOG_1MR = tuple(math.log1p(-r) if r < 1 else _NEG_INF for r in RATES)
 def _prior_weights() -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``u`` over p (index 0, rate 0, has weight 0) and ``v`` over q (the last, rate 1, 0).
 
-    Between the two point masses, ``u`` grows with ``p`` and ``v`` falls with ``q``: an
-    error that shows rarely on bad commits, or often on good ones, is unusual, and giving
-    such rates the same weight would let "a low rate, a culprit anywhere" outweigh a
-    deterministic answer at the range's ends however the runs came out.
+    Besides the point masses, flat: a prior that leans towards high ``p`` or low ``q``
+    makes a good run (or a bad one) look like stronger evidence than it is, and the
+    reported confidence too high on exactly the flaky tests where it matters.
     """
     inner = RATES[1:-1]
-    u_sum = sum(inner)
-    v_sum = sum(1.0 - r for r in inner if r <= Q_MAX)
-    u = [0.0] + [(1.0 - P_ALWAYS) * r / u_sum for r in inner] + [P_ALWAYS]
-    v = [Q_NEVER] + [(1.0 - Q_NEVER) * (1.0 - r) / v_sum if r <= Q_MAX else 0.0
+    low_q = [r for r in inner if r <= Q_MAX]
+    u = [0.0] + [(1.0 - P_ALWAYS) / len(inner)] * len(inner) + [P_ALWAYS]
+    v = [Q_NEVER] + [(1.0 - Q_NEVER) / len(low_q) if r <= Q_MAX else 0.0
                      for r in inner] + [0.0]
     return tuple(u), tuple(v)
 
@@ -436,14 +434,21 @@ class ChangePoint:
                 below[k] += terms[k]
         return out
 
-    def splits(self, members: Iterable[str], commits: Iterable[str]) -> bool:
-        """Whether a run at one of ``commits`` can tell some of ``members`` from the rest."""
+    def can_split(self, members: Sequence[str], commits: Iterable[str]) -> bool:
+        """Whether a run at one of ``commits`` can tell some of ``members`` (hypotheses,
+        :data:`GOOD_SIDE` included) from the others: one is after it and another is not."""
         mask = 0
-        for m in members:
-            mask |= self._bit.get(m, 0)
+        for member in members:
+            mask |= self._bit.get(member, 0) if self.in_range(member) else 0
+        has_good_side = GOOD_SIDE in members
+        if not mask:
+            return False  # the good side alone, or nothing
         for commit in commits:
-            shared = self._anc[commit] & mask if self.in_range(commit) else 0
-            if 0 < shared.bit_count() < mask.bit_count() or (
-                    GOOD_SIDE in members and shared != mask and mask):
+            if not self.in_range(commit):
+                if has_good_side and commit in self.goods:
+                    return True  # after the good side only
+                continue
+            shared = self._anc[commit] & mask
+            if shared != mask and (shared or has_good_side):
                 return True
         return False

@@ -6,9 +6,12 @@ The test command runs in a fresh worktree at each commit (cwd = worktree). With
 ``--error-id`` it is bad when its output shows that id, good when it exits 0 without it, and
 skipped on exit 125; without it exit codes decide as in ``git bisect run``.
 
-``--flaky`` uses the Bayesian search (several runs per commit, a culprit probability,
-``--confidence``); ``--known-verdicts FILE`` reuses the verdicts a previous run wrote with
-``--emit-verdicts FILE`` (or the ``verdict`` events of ``--json``).
+The default search works for deterministic and flaky tests alike: it retests where the
+runs disagree, estimates how often the error shows before and after the first bad commit,
+verifies the boundary with fresh runs and reports a confidence (``--confidence`` is the
+target); ``--no-flaky`` is ``git bisect``'s search, one run a commit. ``--known-verdicts
+FILE`` reuses the verdicts a previous run wrote with ``--emit-verdicts FILE`` (or the
+``verdict`` events of ``--json``); ``--fresh-runs`` ignores them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ from common.logging import configure_logging
 from consumer.engine.events import JsonLinesEmitter
 from consumer.engine.output import DEFAULT_ERRID_REGEX
 from consumer.engine.session import run_engine
-from consumer.engine.spec import default_cache_dir, parse_spec
+from consumer.engine.spec import (
+    DEFAULT_DETERMINISTIC_RUN_BUDGET,
+    DEFAULT_RUN_BUDGET,
+    default_cache_dir,
+    parse_spec,
+)
 from consumer.engine.testers import tester_fingerprint
 
 _KNOWN_FIELDS = ("commit", "verdict", "runs", "bad_runs", "job_id")
@@ -53,19 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-good-search", type=int, default=1000, metavar="N",
                         help="first-parent commits to step back looking for a good one")
     parser.add_argument("--run-budget", "--max-runs", dest="run_budget", type=int, metavar="N",
-                        help="most test runs (default 60; 300 with --flaky)")
+                        help=f"most test runs (default {DEFAULT_RUN_BUDGET}; the search stops "
+                             f"far earlier unless the test is very flaky; "
+                             f"{DEFAULT_DETERMINISTIC_RUN_BUDGET} with --no-flaky)")
     parser.add_argument("--slots", type=int, default=1, metavar="N", help="tests run at once")
     flaky = parser.add_mutually_exclusive_group()
     flaky.add_argument("--flaky", dest="flaky", action="store_const", const=True,
-                       help="the test is flaky: Bayesian search, several runs per commit")
+                       help="the test is flaky (the default search finds that out itself; "
+                            "kept for scripts)")
     flaky.add_argument("--no-flaky", dest="flaky", action="store_const", const=False,
-                       help="never switch to the Bayesian search (default: switch when "
-                            "verdicts contradict)")
+                       help="git bisect's search: one run a commit, contradictions end "
+                            "ambiguous")
     parser.add_argument("--confidence", type=float, default=0.95, metavar="P",
-                        help="flaky search: stop when a commit is the culprit with this "
-                             "probability (default %(default)s)")
+                        help="stop when a commit is the culprit with this probability "
+                             "(default %(default)s)")
     parser.add_argument("--known-verdicts", type=Path, metavar="FILE",
                         help="verdicts of an earlier run (JSON lines or a JSON list) to reuse")
+    parser.add_argument("--fresh-runs", action="store_true",
+                        help="ignore --known-verdicts: every verdict from a new run")
     parser.add_argument("--emit-verdicts", nargs="?", const="-", metavar="FILE",
                         help="write each new verdict as a JSON line to FILE (default stdout); "
                              "implied by --json")
@@ -82,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Options before ``--``, the test command after it."""
     parser = build_parser()
-    if "--" not in argv:
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])  # -h / --help print the help here and exit
+    if cut == len(argv):
         parser.error("missing '-- TEST COMMAND...' (the test to run at each commit)")
-    cut = argv.index("--")
-    args = parser.parse_args(argv[:cut])
     command = argv[cut + 1:]
     if not command:
         parser.error("the test command after -- is empty")
@@ -137,6 +150,7 @@ def spec_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, An
         "known_verdicts": known,
         "cache_dir": str(args.cache_dir or default_cache_dir()),
         "work_dir": str(args.work_dir) if args.work_dir else None,
+        "fresh_runs": args.fresh_runs,
     }
 
 
@@ -201,6 +215,8 @@ class HumanPrinter:
             goods = ", ".join(g[:12] for g in event["good"]) or "(none: root reached)"
             self._say(f"range: {event['candidates']} commits after good {goods}"
                       f" up to bad {event['bad'][:12]}")
+        elif kind == "testing":
+            self._say(f"      {event['phase']:<10} {event['commit'][:12]} testing...")
         elif kind == "step":
             reused = ", known" if event["reused"] else ""
             self._say(f"[{event['seq']:>3}] {event['phase']:<10} {event['commit'][:12]} "
@@ -215,11 +231,14 @@ class HumanPrinter:
             self._say(f"  subject: {event['subject']}")
             self._say(f"  author:  {event['author']}")
             self._say(f"  date:    {event['date']}")
-            if event.get("strategy") == "bayesian":
-                self._say(f"confidence: {event['confidence']:.3f}")
-                if event.get("runner_up"):
-                    up = event["runner_up"]
-                    self._say(f"  runner-up: {up['commit']} ({up['probability']:.3f})")
+            self._say(f"confidence: {event['confidence']:.3f}")
+            if event.get("runner_up"):
+                up = event["runner_up"]
+                self._say(f"  runner-up: {up['commit']} ({up['probability']:.3f})")
+            if event.get("rates"):
+                rates = event["rates"]
+                self._say(f"  the error shows in ~{rates['bad']:.0%} of runs from it on, "
+                          f"~{rates['good']:.0%} before it")
             check = event["verification"]
             if check:
                 held = "held" if check["held"] else "FAILED"
@@ -228,6 +247,12 @@ class HumanPrinter:
                 head = event["head"]
                 self._say(f"head {head['commit'][:12]}: {head['status']} "
                           f"({head['runs']} runs)")
+        elif event["status"] == "good_is_bad":
+            self._say(f"the good commit is bad too: {event['reason']}")
+        elif event["status"] == "undecided":
+            self._say(f"cannot tell ({event['status']}): {event['reason']}")
+            for commit in event["candidates"][:10]:
+                self._say(f"  likely: {commit}")
         else:
             self._say(f"no single first bad commit ({event['status']}): {event['reason']}")
             for commit in event["candidates"]:

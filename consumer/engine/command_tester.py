@@ -31,7 +31,7 @@ import structlog
 from common.errors import ValidationError
 from consumer.engine.output import DEFAULT_ERRID_REGEX, DEFAULT_TAIL_BYTES, OutputCapture
 from consumer.engine.sandbox import Sandbox, remove_tree
-from consumer.engine.testers import TesterContext
+from consumer.engine.tester_types import TesterContext
 from consumer.engine.verdicts import Outcome, Verdict, classify
 
 log = structlog.get_logger(__name__)

@@ -36,7 +36,7 @@ from common.errors import ValidationError
 from common.repository import Repository
 from common.settings import DbUrl
 from consumer.engine.errors import TesterError
-from consumer.engine.testers import TesterContext
+from consumer.engine.tester_types import TesterContext
 from consumer.engine.verdicts import Outcome, Verdict
 
 log = structlog.get_logger(__name__)

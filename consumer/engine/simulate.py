@@ -100,6 +100,11 @@ def run_trial(s: Scenario, seed: int, *, confidence: float = DEFAULT_CONFIDENCE,
 
 
 def _trial(d: Decision, s: Scenario, runs: int, index: dict[str, int]) -> Trial:
+    """``right``: the true culprit named (or the good commit said bad when it is); with
+    ``p <= q`` there is no change to find, and naming no commit is right."""
+    if s.p <= s.q:
+        return Trial(d.status, None, d.confidence, runs, d.status in ("undecided",
+                                                                      "good_is_bad"))
     if d.status == "found" and d.commit is not None:
         answer = index[d.commit]
         return Trial(d.status, answer, d.confidence, runs, answer == max(s.culprit, 0)

@@ -9,39 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from common.errors import ValidationError
-from consumer.engine.verdicts import DifferentErrorPolicy, Outcome
+from consumer.engine.tester_types import Tester, TesterContext
+
+__all__ = ["Tester", "TesterContext", "TesterFactory", "build_tester", "register_tester",
+           "tester_fingerprint", "tester_kinds"]
 
 # Fields that name or bound a profile without changing what a verdict means (and secrets,
 # which must not even be hashed into a stored key).
 _NOT_FINGERPRINTED = frozenset(
     {"name", "timeout", "my_account", "my_token", "poll_interval", "scheduler_url"}
 )
-
-
-@dataclass(frozen=True)
-class TesterContext:
-    """What every tester needs to know about the task besides its own profile."""
-
-    __test__ = False  # not a pytest test class, despite the name
-
-    error_id: str | None
-    different_error: DifferentErrorPolicy = DifferentErrorPolicy.SKIP
-    task_id: int | None = None
-    bad_job_id: str | None = None
-    db_url: str | None = None  # the jobs table (compass tester)
-    scheduler_url: str | None = None  # compass-ci's scheduler (compass tester)
-    repo_url: str | None = None
-
-
-class Tester(Protocol):
-    """Tests one commit; ``worktree`` holds a checkout of it (a remote tester may ignore it)."""
-
-    async def test(self, commit: str, worktree: Path) -> Outcome: ...
 
 
 TesterFactory = Callable[[Mapping[str, Any], TesterContext], Tester]

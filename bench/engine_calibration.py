@@ -1,0 +1,158 @@
+"""Is the default search right, cheap and honest? The calibration grid of issue 14.
+
+    nice -n 10 python bench/engine_calibration.py [--trials 200] [--jobs 2] [--sizes 100 1000]
+
+Every cell of p (the rate our error shows at and after the first bad commit) x q (its
+rate before it) x noise (runs ending in an unrelated error: skips) x N (commits in the
+range) runs ``--trials`` simulated bisections with the engine's *default* settings
+(:mod:`consumer.engine.simulate`: the engine's own bad-commit check, search, verification
+and stopping rules; only the test is simulated, on a linear history, no git). The culprit
+is the first commit of the range in 10 % of the trials, the last (the bad commit) in 10 %,
+anywhere else otherwise; three commits near it (not it or its parent) cannot be tested.
+
+Per cell: how often the named culprit is right, what else was answered (wrong culprit,
+good_is_bad, undecided = "cannot tell", ambiguous, not reproduced), the runs (mean, p95)
+against the information limit ``log2 N / C(p, q) / (1 - noise)`` (C the capacity of the
+binary channel a run is), and calibration: among answers reported at >= c, how many were
+right, for c = 0.5, 0.8, 0.95; a cell is *calibrated* when no level has more wrong answers
+than a binomial at the stated confidence gives with 1 % probability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from consumer.engine.changepoint import Rates, capacity
+from consumer.engine.simulate import Scenario, Trial, run_trial
+
+P_VALUES = (1.0, 0.8, 0.5, 0.3)
+Q_VALUES = (0.0, 0.05, 0.1, 0.3)
+NOISE = (0.0, 0.25)
+LEVELS = (0.5, 0.8, 0.95)
+UNTESTABLE_NEAR = 3  # untestable commits near the culprit in every trial
+
+
+@dataclass(frozen=True)
+class Cell:
+    n: int
+    p: float
+    q: float
+    noise: float
+
+    @property
+    def signal(self) -> bool:
+        return self.p - self.q >= 0.2 - 1e-9
+
+    def limit(self) -> float:
+        """Runs at the information limit: log2 N bits at C(p, q) bits per usable run."""
+        if self.p <= self.q:
+            return math.inf
+        return math.log2(self.n) / capacity(Rates(self.p, self.q)) / (1.0 - self.noise)
+
+
+def scenario(cell: Cell, seed: int) -> Scenario:
+    rng = random.Random(f"{cell}-{seed}")
+    draw = rng.random()
+    culprit = 0 if draw < 0.1 else cell.n - 1 if draw < 0.2 else rng.randrange(cell.n)
+    near = [i for i in range(culprit - 8, culprit + 9)
+            if 0 <= i < cell.n - 1 and i not in (culprit, culprit - 1)]
+    untestable = frozenset(rng.sample(near, min(UNTESTABLE_NEAR, len(near))))
+    return Scenario(cell.n, culprit, cell.p, cell.q, cell.noise, untestable)
+
+
+def run_cell(args: tuple[Cell, int]) -> tuple[Cell, list[Trial], float]:
+    cell, trials = args
+    started = time.monotonic()
+    results = [run_trial(scenario(cell, seed), seed) for seed in range(trials)]
+    return cell, results, time.monotonic() - started
+
+
+def binomial_tail_limit(n: int, wrong_rate: float, alpha: float = 0.01) -> int:
+    """The most wrong answers of ``n`` that a true wrong rate gives with P >= ``alpha``."""
+    k, cdf = 0, 0.0
+    while k <= n:
+        cdf += math.comb(n, k) * wrong_rate ** k * (1 - wrong_rate) ** (n - k)
+        if cdf >= 1.0 - alpha:
+            return k
+        k += 1
+    return n
+
+
+def calibration(results: list[Trial]) -> tuple[str, bool]:
+    parts = []
+    ok = True
+    for level in LEVELS:
+        claimed = [t for t in results if t.status in ("found", "good_is_bad")
+                   and t.confidence >= level]
+        if not claimed:
+            parts.append("-")
+            continue
+        right = sum(t.right for t in claimed)
+        wrong = len(claimed) - right
+        fine = wrong <= binomial_tail_limit(len(claimed), 1.0 - level)
+        ok = ok and fine
+        parts.append(f"{right}/{len(claimed)}{'' if fine else ' (!)'}")
+    return " | ".join(parts), ok
+
+
+def row(cell: Cell, results: list[Trial], took: float) -> tuple[str, bool, bool]:
+    n = len(results)
+    right = sum(t.right for t in results)
+    count = {s: sum(t.status == s for t in results)
+             for s in ("found", "good_is_bad", "undecided", "ambiguous", "not_reproduced")}
+    wrong = sum(t.status in ("found", "good_is_bad") and not t.right for t in results)
+    runs = sorted(t.runs for t in results)
+    mean = sum(runs) / n
+    p95 = runs[min(n - 1, math.ceil(0.95 * n) - 1)]
+    limit = cell.limit()
+    ratio = f"{mean / limit:.2f}" if math.isfinite(limit) else "-"
+    calib, calibrated = calibration(results)
+    accurate = right / n >= 0.95 if cell.signal else True
+    other = (f"{wrong} wrong, {count['good_is_bad']} good_is_bad, {count['undecided']} "
+             f"undecided, {count['ambiguous']} ambiguous, {count['not_reproduced']} not repr.")
+    line = (f"| {cell.n} | {cell.p} | {cell.q} | {cell.noise} | {right / n:.1%}"
+            f"{'' if accurate else ' (!)'} | {other} | {mean:.1f} | {p95} | "
+            f"{limit:.1f} | {ratio} | {calib}{'' if calibrated else ' **not calibrated**'} |")
+    return line, accurate, calibrated
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=200, help="trials per cell")
+    parser.add_argument("--jobs", type=int, default=1, help="cells simulated at once")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000],
+                        help="commits in the range (N)")
+    args = parser.parse_args()
+    cells = [Cell(n, p, q, noise) for n in args.sizes for p in P_VALUES for q in Q_VALUES
+             for noise in NOISE if q <= p]
+    started = time.monotonic()
+    print(f"{len(cells)} cells x {args.trials} trials, default settings (confidence 0.95)\n")
+    print("| N | p | q | noise | right | other answers | runs mean | runs p95 | "
+          "info limit | mean / limit | right at >= 0.5 / 0.8 / 0.95 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    bad_accuracy = bad_calibration = 0
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_cell, (c, args.trials)) for c in cells]
+        for future in as_completed(futures):  # a row as soon as its cell is done
+            cell, results, took = future.result()
+            line, accurate, calibrated = row(cell, results, took)
+            bad_accuracy += not accurate
+            bad_calibration += not calibrated
+            print(line, flush=True)
+    print(f"\ncells with p - q >= 0.2 below 95 % right: {bad_accuracy}; "
+          f"cells not calibrated: {bad_calibration}; "
+          f"({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The default search on simulated tests: cheap on deterministic ones, honest on flaky ones."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from consumer.engine.adaptive import AMBIGUOUS, FOUND, AdaptiveSearch, reproduced
+from consumer.engine.changepoint import GOOD_SIDE, ChangePoint, class_likelihood
+from consumer.engine.dag import Dag
+from consumer.engine.simulate import GOOD, Scenario, linear_dag, name, run_trial
+from consumer.engine.verdicts import Outcome, Verdict
+
+BAD = Outcome.of(Verdict.BAD)
+GOOD_RUN = Outcome.of(Verdict.GOOD)
+
+
+@pytest.mark.parametrize("n", [10, 64, 100, 1000])
+def test_deterministic_runs_within_log2_plus_3_and_not_100_percent(n: int) -> None:
+    bound = math.ceil(math.log2(n)) + 3
+    for culprit in sorted({0, 1, n // 3, n // 2, n - 2, n - 1}):
+        trial = run_trial(Scenario(n, culprit, 1.0, 0.0), seed=culprit)
+        assert trial.status == FOUND and trial.right, (n, culprit, trial)
+        assert trial.runs <= bound, (n, culprit, trial.runs)
+        assert 0.5 <= trial.confidence < 1.0  # what the runs show, not certainty
+
+
+def test_the_good_commit_showing_the_error_is_good_is_bad() -> None:
+    trial = run_trial(Scenario(100, -1, 1.0, 0.0), seed=1)
+    assert trial.status == "good_is_bad" and trial.right
+
+
+def test_no_signal_names_no_commit() -> None:
+    # The error shows in 30 % of runs everywhere: no culprit may be named.
+    for seed in range(4):
+        trial = run_trial(Scenario(30, 12, 0.3, 0.3), seed=seed, budget=300)
+        assert trial.status in ("undecided", "good_is_bad"), trial
+
+
+def test_flaky_test_found_at_the_target() -> None:
+    trials = [run_trial(Scenario(100, 37, 0.5, 0.0, noise=0.25), seed=s) for s in range(10)]
+    assert sum(t.right for t in trials) >= 9
+    assert all(t.confidence >= 0.95 for t in trials if t.status == FOUND and t.runs > 30)
+
+
+def test_retesting_the_bad_commit_until_it_shows_does_not_inflate_p() -> None:
+    model = ChangePoint(linear_dag(20), name(19), [GOOD])
+    for outcome in (GOOD_RUN, GOOD_RUN, GOOD_RUN, BAD):  # stopped at the first bad run
+        runs = 1
+        model.record(name(19), runs, 1 if outcome.verdict is Verdict.BAD else 0)
+    assert model.rates().bad < 0.5
+
+
+def test_reproduction_is_bounded() -> None:
+    assert reproduced(0, 0, 0) is None
+    assert reproduced(3, 1, 3) is True
+    assert reproduced(15, 0, 15) is False
+    assert reproduced(2, 0, 30) is False
+
+
+def test_class_likelihood_prefers_a_rate_change() -> None:
+    step, _, _ = class_likelihood(10, 10, 0, 10)  # all bad after, all good before
+    flat, _, _ = class_likelihood(5, 10, 5, 10)  # half and half on both sides
+    assert step > flat
+    _, p, q = class_likelihood(8, 10, 1, 10)
+    assert 0.6 < p < 0.9 and 0.0 <= q < 0.25 and q < p
+
+
+def test_a_parent_showing_the_error_moves_the_search_on() -> None:
+    search = AdaptiveSearch(linear_dag(16), name(15), [GOOD], confidence=0.95)
+    search.record(name(15), BAD)
+    for _ in range(20):
+        pick = search.next_picks(1)[0]
+        if pick.phase == "verify" and pick.commit == name(8):
+            search.record(pick.commit, BAD, phase="verify")  # the parent shows the error
+            break
+        index = -1 if pick.commit == GOOD else int(pick.commit[1:])
+        search.record(pick.commit, BAD if index >= 9 else GOOD_RUN, phase=pick.phase)
+        assert search.decision(runs_used=search.runs, budget=100) is None
+    else:
+        pytest.fail("the parent of commit 9 was never verified")
+    assert not search.consistent
+    assert search.decision(runs_used=search.runs, budget=100) is None  # not "held"
+    assert search.model.probability(name(9)) < 0.6
+    assert search.next_picks(1)  # the search carries on
+
+
+def test_untestable_commits_end_ambiguous_without_wasting_runs() -> None:
+    trial = run_trial(Scenario(30, 13, 1.0, 0.0, untestable=frozenset({10, 11, 12})), seed=0)
+    assert trial.status == AMBIGUOUS
+    assert trial.runs <= 20
+
+
+def test_can_split_and_the_good_side() -> None:
+    dag = Dag({"a": (), "b": ("a",), "c": ("b",)})
+    model = ChangePoint(dag, "c", ["g"])
+    assert model.can_split(["b", "c"], ["b"])
+    assert not model.can_split(["b", "c"], ["c", "a"])
+    assert model.can_split([GOOD_SIDE, "a"], ["g"])
+    assert not model.can_split([GOOD_SIDE, "a"], ["a", "b"])
