@@ -1,4 +1,4 @@
-"""Flaky tests: the engine's Bayesian search against ``git bisect run``, and P test slots.
+"""Flaky tests: the engine's default search against ``git bisect run``, and P test slots.
 
     python bench/engine_flaky.py [--trials 20] [--commits 150] [--parallel-commits 1000 10000]
 
@@ -6,7 +6,7 @@ Part 1: generated repositories (``consumer/engine/synthetic.py``, flaky variant)
 shows the error on a bad commit only with probability p (0.3, 0.5) and shows an unrelated
 error (``E_OTHER``, exit 1) on 25 % of all runs. Each trial has its own repository, culprit
 and seed (``SYNTH_SEED``: both tools see the same reproducible script). The engine runs with
-``limits.flaky: true`` (defaults otherwise: confidence 0.95, different errors skip);
+its default settings (no flag: confidence 0.95, different errors skip);
 ``git bisect run`` runs the same script between the same good and bad commits. Prints
 accuracy, mean runs and the reported confidence per tool, and how often a result reported
 at >= 0.95 was right.
@@ -73,7 +73,7 @@ async def one_trial(p: float, seed: int, commits: int, base: Path,
             make_repo, work / "repo", commits, culprit, merges=commits // 15, seed=seed,
             flaky_p=p, other_rate=OTHER_RATE)
         env = {"SYNTH_SEED": str(seed), "SYNTH_COUNT_FILE": str(work / "engine.count")}
-        result = await run_task(spec_for(repo, work, env, flaky=True), lambda e: None)
+        result = await run_task(spec_for(repo, work, env), lambda e: None)
         engine = Trial("bisect engine", result.first_bad_commit == repo.culprit, result.runs,
                        result.confidence if result.first_bad_commit else None)
         try:

@@ -2,8 +2,9 @@
 
     python bench/engine_vs_git_bisect.py [--commits 1000]
 
-Prints a markdown table: each tool's answer and how many times it ran the test. The engine's
-count includes its check of the bad commit and the boundary verification; git bisect run is
+Prints a markdown table: each tool's answer and how many times it ran the test. The engine
+runs with its default settings; its count includes its check of the bad commit and the
+boundary verification (a fresh retest of the culprit and of its parent); git bisect run is
 given the same good and bad commits and tests neither.
 """
 
@@ -61,7 +62,7 @@ def describe(answer: Answer, repo: SyntheticRepo) -> str:
 
 
 async def run(n: int) -> str:
-    bound = math.ceil(math.log2(n)) + 2
+    bound = math.ceil(math.log2(n)) + 3
     rows = [
         f"| scenario ({n} commits) | expected | engine answer | engine runs | "
         f"git bisect run answer | git runs | same answer | engine <= {bound} |",

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from consumer.engine import conclusion, git, range_finder
-from consumer.engine.adaptive import VERIFY, AdaptiveSearch, Decision, Pick
+from consumer.engine.adaptive import GOOD_IS_BAD, VERIFY, AdaptiveSearch, Decision, Pick
 from consumer.engine.bayes import BayesianSearch
 from consumer.engine.dag import Dag
 from consumer.engine.events import PROGRESS, RANGE, STARTED, Emit, make_event
@@ -97,14 +97,35 @@ class Bisection:
         if isinstance(found, BisectResult):
             return found
         dag, goods = found
+        search = await self._adaptive_search(dag, bad, goods)
+        decision, verify_runs = await self._adaptive_loop(search)
+        if decision.status == GOOD_IS_BAD and goods:
+            # The regression is older than the range: step back from the good commit (1,
+            # 2, 4, ... first-parent commits, as when no good commit is given) and search
+            # the longer range with every run made so far.
+            try:
+                older = await range_finder.find_good(self.ev, goods[0])
+            except BudgetSpent:
+                older = None
+            if older:
+                self.log.info("good_commit_is_bad", good=goods[0], older_good=older[0])
+                dag = Dag.from_rev_list(await git.range_parents(self.mirror, bad, older))
+                self.emit(make_event(RANGE, good=older, bad=bad, candidates=len(dag)))
+                goods = older
+                search = await self._adaptive_search(dag, bad, goods)
+                decision, more = await self._adaptive_loop(search)
+                verify_runs += more
+        return await conclusion.conclude_adaptive(self.ev, search, decision, goods, verify_runs)
+
+    async def _adaptive_search(self, dag: Dag, bad: str, goods: list[str]) -> AdaptiveSearch:
+        """A default search over ``dag`` that starts from every run made so far."""
         search = AdaptiveSearch(dag, bad, goods, confidence=self.limits.confidence)
-        for commit, outcome in list(self.ev.history):  # the bad commit's check, find_good
-            search.record(commit, outcome, fresh=commit not in self.ev.reused)
+        for commit, outcome in list(self.ev.history):  # every run, repeats too
+            search.record(commit, outcome, fresh=outcome is not self.ev.known.get(commit))
         for commit in [*dag.order, *goods]:  # known verdicts of earlier bisections
             if commit in self.ev.known and commit not in self.ev.outcomes:
                 search.record(commit, await self.ev.evaluate(commit, "search"), fresh=False)
-        decision, verify_runs = await self._adaptive_loop(search)
-        return await conclusion.conclude_adaptive(self.ev, search, decision, goods, verify_runs)
+        return search
 
     async def _adaptive_loop(self, search: AdaptiveSearch) -> tuple[Decision, int]:
         """Run what the search asks for, ``slots`` at a time, until it decides."""

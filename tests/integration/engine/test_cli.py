@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from consumer.engine.cli import build_parser
 from consumer.engine.synthetic import make_repo
 from tests.integration.engine.helpers import engine_process
 
@@ -22,6 +23,21 @@ def test_readable_summary(tmp_path: Path) -> None:
     assert code == 0
     assert f"first bad commit: {repo.culprit}" in out
     assert "synthetic commit 77 (bad)" in out and "verification held" in out
+    assert "confidence: " in out
+    # A line as each test starts, before the line saying how it ended.
+    lines = out.splitlines()
+    first_start = next(i for i, line in enumerate(lines) if "testing..." in line)
+    first_end = next(i for i, line in enumerate(lines) if line.startswith("[  1]"))
+    assert first_start < first_end
+
+
+def test_help_needs_no_test_command() -> None:
+    for flag in ("--help", "-h"):
+        code, out, _ = _cli([flag])
+        assert code == 0 and "usage: bisect-run" in out and "--fresh-runs" in out
+    # Every option says what it does.
+    parser = build_parser()
+    assert all(action.help for action in parser._actions)
 
 
 def test_json_events_with_result_last(tmp_path: Path) -> None:

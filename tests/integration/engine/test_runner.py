@@ -84,6 +84,27 @@ async def test_root_commit_bad_is_the_answer(tmp_path: Path) -> None:
     assert result.verification is not None and "root commit" in result.verification.detail
 
 
+async def test_a_bad_good_commit_extends_the_search_to_older_commits(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 100, 30)
+    result, events = await bisect(make_spec(repo, tmp_path, good_commit=repo.shas[50]))
+    assert result.status is Status.FOUND and result.first_bad_commit == repo.culprit
+    assert result.good_commits and repo.index(result.good_commits[0]) < 30
+    ranges = _events(events, "range")
+    assert len(ranges) == 2 and ranges[0]["good"] == [repo.shas[50]]
+    assert result.runs <= 3 * (math.ceil(math.log2(100)) + 3)  # two ranges and a walk back
+
+
+async def test_good_is_bad_when_nothing_older_is_good(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 40, 0)
+    spec = make_spec(repo, tmp_path, good_commit=repo.shas[20],
+                     limits={"max_good_search": 4})
+    result, _ = await bisect(spec)
+    assert result.status is Status.GOOD_IS_BAD and result.exit_code is ExitCode.NO_RESULT
+    assert result.first_bad_commit is None
+    assert "good commit shows the error" in (result.reason or "")
+    assert result.to_event()["status"] == "good_is_bad"
+
+
 async def test_no_good_within_the_search_limit(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", 40, 2)
     spec = make_spec(repo, tmp_path, good_commit=None, limits={"max_good_search": 8})

@@ -1,0 +1,62 @@
+"""A slice of the calibration grid (``bench/engine_calibration.py``), default settings only.
+
+Small enough for CI (seconds); the bench runs the whole grid with 200 trials a cell.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from consumer.engine.simulate import Scenario, Trial, run_trial
+
+TRIALS = 40
+
+
+def _cell(n: int, p: float, q: float, noise: float) -> list[Trial]:
+    trials = []
+    for seed in range(TRIALS):
+        rng = random.Random(f"{n}-{p}-{q}-{noise}-{seed}")
+        draw = rng.random()
+        culprit = 0 if draw < 0.1 else n - 1 if draw < 0.2 else rng.randrange(n)
+        trials.append(run_trial(Scenario(n, culprit, p, q, noise), seed))
+    return trials
+
+
+def _wrong_beyond_chance(trials: list[Trial], level: float) -> bool:
+    """More wrong answers at >= ``level`` than a binomial at 1 - level gives with P 1 %."""
+    claimed = [t for t in trials if t.status in ("found", "good_is_bad")
+               and t.confidence >= level]
+    wrong = sum(not t.right for t in claimed)
+    n = len(claimed)
+    rate = 1.0 - level
+    cdf = 0.0
+    for k in range(n + 1):
+        cdf += math.comb(n, k) * rate ** k * (1 - rate) ** (n - k)
+        if cdf >= 0.99:
+            return wrong > k
+    return False
+
+
+def test_deterministic_cell_is_right_and_cheap() -> None:
+    trials = _cell(100, 1.0, 0.0, 0.0)
+    assert all(t.right for t in trials)
+    assert max(t.runs for t in trials) <= math.ceil(math.log2(100)) + 3
+
+
+@pytest.mark.parametrize(("p", "q", "noise"), [(0.8, 0.0, 0.25), (0.5, 0.0, 0.0)])
+def test_flaky_cells_are_mostly_right_and_calibrated(p: float, q: float, noise: float) -> None:
+    trials = _cell(100, p, q, noise)
+    assert sum(t.right for t in trials) >= 0.85 * TRIALS
+    for level in (0.5, 0.8, 0.95):
+        assert not _wrong_beyond_chance(trials, level), level
+
+
+def test_no_signal_cell_mostly_names_no_commit() -> None:
+    # p = q: nothing to find. Runs that happen to look deterministic can still end in a
+    # culprit (at the moderate confidence such runs support), never at the target.
+    trials = [run_trial(Scenario(30, 12, 0.3, 0.3), seed, budget=300) for seed in range(8)]
+    assert sum(t.status in ("undecided", "good_is_bad") for t in trials) >= 6
+    assert not any(t.status == "found" and t.confidence >= 0.95 for t in trials)
