@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from common.models import Regression
 from common.repository import Repository
 from tests.acceptance.support import API_TOKEN, Cluster, events_named, wait_until
 from tests.faults.support import pair_counts, record_figures, task_rows
-from tests.producer_support import failed_job
+from tests.producer_support import failed_job, whitelist
 
 pytestmark = [pytest.mark.faults, pytest.mark.acceptance]
 
@@ -150,13 +149,14 @@ def _seed_jobs(rng: random.Random) -> tuple[list[Any], set[tuple[str, str]]]:
 @pytest.mark.timeout(150)
 async def test_producer_killed_during_discovery_creates_every_task_once(
         cluster: Cluster, repo: Repository) -> None:
-    for errid in WHITELIST:
-        await repo.upsert_regression(Regression(errid=errid, category="build"))
-    await repo.upsert_regression(Regression(errid="not.valid.anymore", valid=False))
+    await whitelist(repo, WHITELIST)
+    await whitelist(repo, ["not.valid.anymore"], valid="false")
     jobs, expected = _seed_jobs(random.Random(11))
     await repo.insert_job_rows(jobs)
+    # The jobs' repository must pass the allow-list, as every URL read from a job does.
     discovery = {"BISECT_DISCOVERY": "true", "BISECT_DISCOVERY_INTERVAL_S": "0.5",
-                 "BISECT_DISCOVERY_BATCH_SIZE": "50", "BISECT_DISCOVERY_PAGE_SIZE": "500"}
+                 "BISECT_DISCOVERY_BATCH_SIZE": "50", "BISECT_DISCOVERY_PAGE_SIZE": "500",
+                 "BISECT_REPO_URL_ALLOW": f"{cluster.root}/,https://git.example/"}
 
     def count() -> int:
         return len(task_rows(cluster.db_url))
@@ -173,7 +173,7 @@ async def test_producer_killed_during_discovery_creates_every_task_once(
         assert at < len(expected), "the cycle ended before the kill: make it longer"
     restarted_at = time.monotonic()
     final = cluster.start_producer(**discovery)
-    top = max(j.id for j in jobs)
+    top = max(int(j["id"]) for j in jobs)
 
     def caught_up() -> bool:
         return any(e.get("cursor") == top for e in events_named(final, "discovery_cycle"))
