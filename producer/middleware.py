@@ -16,6 +16,7 @@ from aiohttp import web
 
 from common.errors import DatabaseUnavailable, ValidationError
 from producer.errors import InvalidTransition, NotOwner, TaskNotFound, WriterConflict
+from producer.sessions import SESSIONS
 from producer.state import STATE_KEY
 
 log = structlog.get_logger(__name__)
@@ -148,9 +149,10 @@ def _token_ok(token: str | None, allowed: frozenset[str]) -> bool:
     return any(hmac.compare_digest(token.encode(), item.encode()) for item in allowed)
 
 
-# Browsers cannot send a bearer token: the dashboard's sign-in keeps it in this cookie.
-# Only READ routes accept it, so a forged cross-site request can never write.
-SESSION_COOKIE = "bisect_token"
+# Browsers cannot send a bearer token: the dashboard's sign-in sets this cookie to a session
+# id (producer.sessions; the token stays on the server). Only READ routes and the dashboard's
+# own CSRF-checked forms accept it.
+SESSION_COOKIE = "bisect_session"
 
 
 def read_token_ok(request: web.Request, token: str | None) -> bool:
@@ -195,7 +197,8 @@ def _token_check(request: web.Request, access: Access) -> web.Response | None:
     if access is Access.READ:
         allowed = settings.api_tokens | settings.consumer_tokens
         if token is None:
-            token = request.cookies.get(SESSION_COOKIE)
+            session = SESSIONS.get(request.cookies.get(SESSION_COOKIE))
+            token = session.token if session is not None else None
         if token is None and request.path.startswith("/dashboard"):
             raise web.HTTPSeeOther("/dashboard/login?" + urlencode(
                 {"next": request.path_qs}))

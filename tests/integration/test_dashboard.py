@@ -26,6 +26,7 @@ ERR = "last_state.test.pkgbuild.exit_code.1"
 EVIL_ERR = "<script>alert('err')</script>"
 EVIL_JOB = "<img src=x onerror=alert(1)>"
 LOG_LINE = "foo.c:12: undefined reference to `bar' <b>"
+FLAKY_ERR = "dmesg.kernel_BUG_at_kernel/sched/core.c"
 
 
 def sha(label: str) -> str:
@@ -37,6 +38,7 @@ class Seeded:
     completed: str  # compass-ci task, bisected to sha("c3")
     running: str  # processing, step 3 of ~8, evil error id and job id
     waiting: str  # outside compass-ci, never claimed
+    flaky: str  # completed by a flaky search: mixed runs, a runner-up
 
 
 async def _claim(client: TestClient[Any, Any]) -> dict[str, Any]:
@@ -46,15 +48,36 @@ async def _claim(client: TestClient[Any, Any]) -> dict[str, Any]:
     return task
 
 
+async def _steps(repo: Repository, task: dict[str, Any],
+                 steps: list[tuple[str, Verdict, int, int]]) -> None:
+    for seq, (label, verdict, runs, bad_runs) in enumerate(steps):
+        await repo.record_step(Step(
+            task_id=int(task["id"]), attempt=task["claim"], seq=seq, commit=sha(label),
+            verdict=verdict, runs=runs, bad_runs=bad_runs, job_id=f"10{seq}",
+            result_root=f"/result/10{seq}", duration_ms=61_000 + seq,
+            detail=LOG_LINE if verdict is Verdict.BAD else None))
+
+
+async def _finish(client: TestClient[Any, Any], task: dict[str, Any],
+                  result: dict[str, Any]) -> None:
+    finished = await client.post("/api/v1/internal/finish", headers=CONSUMER, json={
+        "consumer_id": "c1", "task_id": task["id"], "lease": task["lease"],
+        "outcome": "completed", "result": result})
+    assert finished.status == 200, await finished.text()
+
+
 async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
-    """Three tasks: one completed with a four-step timeline, one running, one waiting."""
-    await repo.insert_job_rows([failed_job(42, ERR, commit=sha("bad"))])
+    """Four tasks: one completed with a four-step timeline, one running, one waiting, and
+    one completed by a flaky search."""
+    await repo.insert_job_rows([failed_job(42, ERR, commit=sha("bad")),
+                                failed_job(43, FLAKY_ERR, commit=sha("f-bad"))])
     submits = [
         {"bad_job_id": 42, "error_id": ERR, "priority": 900, "good_commit": sha("good")},
         {"bad_job_id": "ext-7", "error_id": EVIL_ERR, "priority": 800,
          "repo_url": "https://git.example/evil.git", "bad_commit": sha("evil-bad")},
         {"bad_job_id": "ext-8", "error_id": "stderr.warning_unused", "priority": 1,
          "repo_url": "https://git.example/other.git", "bad_commit": sha("other-bad")},
+        {"bad_job_id": 43, "error_id": FLAKY_ERR, "priority": 850},
     ]
     ids = []
     for body in submits:
@@ -64,22 +87,29 @@ async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
 
     done = await _claim(client)
     assert done["id"] == ids[0]
-    verdicts = [("c1", Verdict.GOOD), ("c2", Verdict.SKIP), ("c4", Verdict.GOOD),
-                ("c3", Verdict.BAD)]
-    for seq, (label, verdict) in enumerate(verdicts):
-        await repo.record_step(Step(
-            task_id=int(done["id"]), attempt=done["claim"], seq=seq, commit=sha(label),
-            verdict=verdict, runs=2, bad_runs=2 if verdict is Verdict.BAD else 0,
-            job_id=f"10{seq}", result_root=f"/result/10{seq}", duration_ms=61_000 + seq,
-            detail=LOG_LINE if verdict is Verdict.BAD else None))
-    finished = await client.post("/api/v1/internal/finish", headers=CONSUMER, json={
-        "consumer_id": "c1", "task_id": done["id"], "outcome": "completed", "result": {
-            "bad_commit": sha("c3"), "first_bad_id": "103", "first_result_root": "/result/103",
-            "confidence": 0.97, "verification": "held",
-            "verification_detail": "parent good 2/2, commit bad 2/2",
-            "subject": "lib: drop bar()", "author": "Ann Dev <ann@example.org>",
-            "date": "2024-05-01", "head": {"commit": sha("head"), "verdict": "bad"}}})
-    assert finished.status == 200, await finished.text()
+    await _steps(repo, done, [("c1", Verdict.GOOD, 2, 0), ("c2", Verdict.SKIP, 2, 0),
+                              ("c4", Verdict.GOOD, 2, 0), ("c3", Verdict.BAD, 2, 2)])
+    await repo.update_progress(int(done["id"]), current_step=4, steps_estimate=4,
+                               candidates_left=1)
+    await _finish(client, done, {
+        "bad_commit": sha("c3"), "first_bad_id": "103", "first_result_root": "/result/103",
+        "confidence": 0.97, "verification": "held",
+        "verification_detail": "parent good 2/2, commit bad 2/2",
+        "subject": "lib: drop bar()", "author": "Ann Dev <ann@example.org>",
+        "date": "2024-05-01", "head": {"commit": sha("head"), "verdict": "bad"}})
+
+    flaky = await _claim(client)
+    assert flaky["id"] == ids[3]
+    await _steps(repo, flaky, [
+        ("f-bad", Verdict.BAD, 3, 2), ("f1", Verdict.GOOD, 4, 0), ("f5", Verdict.BAD, 4, 1),
+        ("f3", Verdict.GOOD, 6, 0), ("f4", Verdict.BAD, 6, 2), ("f3b", Verdict.GOOD, 8, 0)])
+    await _finish(client, flaky, {
+        "bad_commit": sha("f4"), "confidence": 0.93, "verification": "held",
+        "subject": "sched: race in wakeup", "runner_up": {"commit": sha("f5"),
+                                                          "probability": 0.05},
+        "tested": [{"commit": sha(label), "verdict": "good", "phase": phase} for label, phase in (
+            ("f-bad", "check_bad"), ("f1", "find_good"), ("f5", "search"), ("f3", "search"),
+            ("f4", "search"), ("f3b", "search"))]})
 
     running = await _claim(client)
     assert running["id"] == ids[1]
@@ -89,11 +119,11 @@ async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
             verdict=Verdict.GOOD, job_id=EVIL_JOB, duration_ms=5_000))
     await repo.update_progress(int(running["id"]), current_step=3, steps_estimate=8,
                                candidates_left=12)
-    return Seeded(completed=ids[0], running=ids[1], waiting=ids[2])
+    return Seeded(completed=ids[0], running=ids[1], waiting=ids[2], flaky=ids[3])
 
 
-async def test_dashboard_lists_tasks_with_counts_steps_and_escaping(repo: Repository,
-                                                                   db_url: DbUrl) -> None:
+async def test_dashboard_lists_tasks_with_names_phases_results_and_escaping(
+        repo: Repository, db_url: DbUrl) -> None:
     async with running_producer(producer_settings(db_url)) as client:
         seeded = await seed(client, repo)
         root = await client.get("/", allow_redirects=False)
@@ -102,14 +132,43 @@ async def test_dashboard_lists_tasks_with_counts_steps_and_escaping(repo: Reposi
         assert page.status == 200 and page.content_type == "text/html"
         assert "script-src 'sha256-" in page.headers["Content-Security-Policy"]
         html = await page.text()
-        assert f"pkgbuild: {ERR}" in html and ">pkgbuild<" in html
+        rows = html.split('id="live-rows">')[1].split("</tbody>")[0]
+        # Names tell tasks apart: repository, error id, job.
+        assert "<b>proj</b>" in rows and f'<span class="mono">{ERR}</span>' in rows
+        assert 'job <span class="mono">42</span>' in rows
+        assert 'job <span class="mono">43</span>' in rows
         for status in ("completed", "processing", "wait"):
-            assert f'class="badge s-{status}">{status}<' in html
-        assert "3 of ~8, 12 left" in html
+            assert f'class="badge s-{status}">{status}<' in rows
+        # The result column: culprit, subject, confidence.
+        assert f'<span class="culprit mono">{sha("c3")[:12]}</span>' in rows
+        assert "lib: drop bar()" in rows and "confidence 97.0%" in rows
+        assert "confidence 93.0%" in rows
+        # The phase in words and progress in steps (never candidates).
+        assert "searching, 12 candidates left<small>step 3 of ~8</small>" in rows
+        assert "waiting for a consumer<small>not started</small>" in rows
+        assert "finished<small>4 steps</small>" in rows
+        assert " left<small>" not in rows.replace("candidates left<small>", "")
         assert re.search(r'class="count s-processing[^"]*" [^>]*><b>1</b>', html)
-        assert EVIL_ERR not in html and "&lt;script&gt;alert(&#x27;err&#x27;)" in html
-        for task_id in (seeded.completed, seeded.running, seeded.waiting):
+        assert EVIL_ERR not in html and "&lt;script&gt;alert(&#39;err&#39;)" in html
+        for task_id in (seeded.completed, seeded.running, seeded.waiting, seeded.flaky):
             assert f"/dashboard/tasks/{task_id}" in html
+
+
+async def test_unknown_statuses_are_shown_as_they_are(repo: Repository, db_url: DbUrl) -> None:
+    """A status bisect-task does not know (another service's, e.g. compass-ci's verifying)
+    is listed, counted and shown, never a 500."""
+    async with running_producer(producer_settings(db_url)) as client:
+        seeded = await seed(client, repo)
+        await repo.db.execute("UPDATE bisect SET bisect_status = 'verifying' WHERE id = %s",
+                              (int(seeded.waiting),))
+        html = await (await client.get("/dashboard")).text()
+        assert 'class="badge s-other">verifying<' in html
+        assert "verifying (a status of another service)" in html
+        assert "<span>verifying</span>" in html  # its own count card
+        page = await client.get(f"/dashboard/tasks/{seeded.waiting}")
+        assert page.status == 200 and "verifying" in await page.text()
+        listed = await client.get("/dashboard", params={"status": "verifying"})
+        assert listed.status == 200 and seeded.waiting in await listed.text()
 
 
 async def test_dashboard_filters_groups_and_pages(repo: Repository, db_url: DbUrl) -> None:
@@ -130,27 +189,29 @@ async def test_dashboard_filters_groups_and_pages(repo: Repository, db_url: DbUr
         older = re.search(r'href="(/dashboard\?[^"]*cursor=[^"]+)">older', first)
         assert older is not None
         second = await (await client.get(older.group(1).replace("&amp;", "&"))).text()
-        assert seeded.completed in second and seeded.waiting not in second
+        rows = second.split('id="live-rows">')[1].split("</tbody>")[0]
+        assert seeded.completed in rows and seeded.waiting not in rows
 
         bad = await client.get("/dashboard", params={"status": "<nope>"})
         assert bad.status == 422
-        assert "status: unknown status" in await bad.text()
+        assert "status: must be a status word" in await bad.text()
         assert "<nope>" not in await bad.text()
 
         live = await (await client.get("/dashboard/live", params={"status": "processing"})).json()
-        assert "3 of ~8" in live["parts"]["live-rows"] and live["final"] is False
+        assert "step 3 of ~8" in live["parts"]["live-rows"] and live["final"] is False
         assert seeded.waiting not in live["parts"]["live-rows"]
 
 
-async def test_task_page_shows_range_timeline_result_and_report(repo: Repository,
-                                                                db_url: DbUrl) -> None:
+async def test_task_page_shows_picture_range_timeline_result_and_report(
+        repo: Repository, db_url: DbUrl) -> None:
     async with running_producer(producer_settings(db_url)) as client:
         seeded = await seed(client, repo)
         page = await client.get(f"/dashboard/tasks/{seeded.completed}")
         assert page.status == 200
         html = await page.text()
-        assert sha("good") in html and sha("bad") in html  # the range
-        timeline = html.split('id=live-timeline>')[1].split("</tbody>")[0]
+        assert sha("good") in html and sha("bad") in html
+        assert f"{sha('good')[:12]}..{sha('bad')[:12]} (good commit given)" in html
+        timeline = html.split('id="live-timeline">')[1].split("</tbody>")[0]
         assert timeline.count("<tr>") == 4
         for label, verdict in (("c1", "good"), ("c2", "skip"), ("c4", "good"), ("c3", "bad")):
             assert f'title="{sha(label)}">{sha(label)[:12]}' in timeline
@@ -160,13 +221,32 @@ async def test_task_page_shows_range_timeline_result_and_report(repo: Repository
         assert "lib: drop bar()" in html and "Ann Dev &lt;ann@example.org&gt;" in html
         assert "data-live" not in html  # completed: no polling
         assert "Greeting," in html and "bisection log:" in html
-        assert "undefined reference to `bar&#x27; &lt;b&gt;" in html
+        assert "undefined reference to `bar&#39; &lt;b&gt;" in html
+        # The strip: the given good commit, then the tested ones in history order.
+        strip = html.split('<svg id="strip"')[1].split("</svg>")[0]
+        order = [sha(label)[:7] for label in ("good", "c1", "c4", "c2", "c3")]
+        positions = [strip.index(f">{label}<") for label in order]
+        assert positions == sorted(positions)
+        assert ">first bad<" in strip and strip.count('class="point v-') == 4
+        assert 'class="point v-bad"' in strip and "2 runs" in strip
+        assert "<script" not in strip
 
         running = await (await client.get(f"/dashboard/tasks/{seeded.running}")).text()
         assert f'data-live="/dashboard/tasks/{seeded.running}/live"' in running
-        assert "3 of ~8, 12 left" in running and "Greeting," not in running
+        assert "searching, 12 candidates left" in running and "step 3 of ~8" in running
+        assert f"{sha('e1')[:12]}..{sha('evil-bad')[:12]} (good commit found)" in running
+        assert "Greeting," not in running
         assert EVIL_JOB not in running and "&lt;img src=x onerror=alert(1)&gt;" in running
         assert EVIL_ERR not in running
+        assert "Sign in with an API token to cancel this task" in running
+
+        flaky = await (await client.get(f"/dashboard/tasks/{seeded.flaky}")).text()
+        strip = flaky.split('<svg id="strip"')[1].split("</svg>")[0]
+        assert "culprit probability" in strip and ">93%<" in strip and ">5%<" in strip
+        assert "2/6 bad" in strip and "1/4 bad" in strip
+        order = [sha(label)[:7] for label in ("f1", "f3", "f3b", "f4", "f5", "f-bad")]
+        positions = [strip.index(f">{label}<") for label in order]
+        assert positions == sorted(positions)
 
         missing = await client.get("/dashboard/tasks/999")
         assert missing.status == 404 and "no task with id 999" in await missing.text()
@@ -178,14 +258,16 @@ async def test_task_live_fragment_follows_progress(repo: Repository, db_url: DbU
         url = f"/dashboard/tasks/{seeded.running}/live"
         before = await (await client.get(url)).json()
         assert before["status"] == "processing" and before["final"] is False
-        assert "3 of ~8" in before["parts"]["live-summary"]
+        assert "step 3 of ~8" in before["parts"]["live-summary"]
         await repo.update_progress(int(seeded.running), current_step=4, steps_estimate=8,
                                    candidates_left=5)
         await repo.record_step(Step(task_id=int(seeded.running), attempt=1, seq=2,
                                     commit=sha("e3"), verdict=Verdict.BAD))
         after = await (await client.get(url)).json()
-        assert "4 of ~8, 5 left" in after["parts"]["live-summary"]
+        assert "step 4 of ~8" in after["parts"]["live-summary"]
+        assert "searching, 5 candidates left" in after["parts"]["live-summary"]
         assert after["parts"]["live-timeline"].count("<tr>") == 3
+        assert after["parts"]["live-picture"].count('class="point v-') == 3
         assert EVIL_JOB not in after["parts"]["live-timeline"]
         assert (await client.get("/dashboard/tasks/999/live")).status == 404
 
@@ -209,7 +291,7 @@ async def test_report_route(repo: Repository, db_url: DbUrl) -> None:
         assert (f"bisect-run --repo https://git.example/proj.git --bad {sha('bad')} "
                 f"--good {sha('good')} --error-id {ERR}") in text
         assert "first bad job:  103  result_root /result/103" in text
-        assert "bad job:        42  result_root /result/42" in text
+        assert "bad job:        42  result_root /result/makepkg/" in text
 
         running = await client.get(f"/api/v1/tasks/{seeded.running}/report")
         assert running.status == 409
