@@ -89,7 +89,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                               "reason": {"type": "string", "maxLength": 4000},
                               "result": {"$ref": "#/components/schemas/FinishResult"}}},
     "FinishResult": {
-        "type": "object", "description": "at most 256 KiB as JSON; kept whole in the task's "
+        "type": "object", "description": "at most 64 KiB as JSON; kept whole in the task's "
                                          "JSON, left out of list rows",
         "properties": {
             "bad_commit": {"type": "string", "maxLength": 255},

@@ -82,7 +82,7 @@ def task_json(task: Task) -> dict[str, Any]:
 
 def task_row_json(task: Task) -> dict[str, Any]:
     """A task as list rows show it: without the bulky ``result`` a finish stored (up to
-    256 KiB); ``GET /api/v1/tasks/{id}`` has it."""
+    64 KiB); ``GET /api/v1/tasks/{id}`` has it."""
     data = task.to_json()
     if "result" in task.extra:
         data["extra"] = {k: v for k, v in task.extra.items() if k != "result"}
