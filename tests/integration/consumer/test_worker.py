@@ -216,3 +216,31 @@ async def test_a_task_timeout_never_exceeds_the_consumers(
     assert code == 0 and loop.time() - started < 15
     (finish,) = producer.finishes
     assert (finish["outcome"], finish["reason"]) == ("failed", "timeout")
+
+
+async def test_lease_secrets_never_reach_the_consumers_log(
+        repo: Repository, db_url: DbUrl, producer: FakeProducer, tmp_path: Path) -> None:
+    import io
+
+    import structlog
+
+    from common.logging import configure_logging
+
+    for task_id in (1, 2, 3):
+        producer.add(task_id)
+    url = await producer.start()
+    stream = io.StringIO()
+    configure_logging("consumer", "debug", stream=stream)
+    try:
+        settings = settings_for(db_url, url, tmp_path, drain=True, tester={"mode": "sleep",
+                                                                          "sleep": 0.5})
+        code, _ = await run_worker(settings, repo)
+    finally:
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
+    assert code == 0 and len(producer.finishes) == 3
+    assert producer.heartbeats, "the run was long enough to heartbeat"
+    text = stream.getvalue()
+    assert "task_claimed" in text and "task_finished" in text
+    for task in producer.tasks.values():
+        assert f"lease-{task.data['id']}-" not in text
