@@ -60,13 +60,15 @@ class Picture:
     width: int
     height: int
     given_good: str | None  # a good commit given with the task (not tested), left end
+    known_bad: str | None  # the job's bad commit while it is not tested yet, right end
+    known_bad_x: int
     boundary_x: int | None  # between the culprit and the newest good commit
     bars: tuple[Bar, ...]
     flaky: bool
 
     @property
     def empty(self) -> bool:
-        return not self.points
+        return not self.points and not self.given_good and not self.known_bad
 
 
 @dataclass
@@ -126,13 +128,18 @@ def build(task: Task, steps: list[Step]) -> Picture:
               bad_runs=t.bad_runs, order=t.first_seq + 1, x=first_x + index * SPACING,
               culprit=t.commit == culprit, head=t in head)
         for index, t in enumerate(ordered))
-    width = (points[-1].x if points else first_x) + MARGIN
+    tested = {t.commit for t in tallies}
+    known_bad = task.known_bad_commit if task.known_bad_commit and (
+        task.known_bad_commit not in tested) else None
+    last_x = points[-1].x if points else first_x - SPACING
+    known_bad_x = last_x + SPACING
+    width = (known_bad_x if known_bad else last_x) + MARGIN
     boundary = next((p.x - SPACING // 2 for p in points if p.culprit), None)
     bars = _bars(task, points)
     flaky = bool(bars) or any(p.verdict == "flaky" for p in points)
     height = BAR_TOP + BAR_HEIGHT + 24 if bars else HEIGHT
-    return Picture(points, max(width, 2 * MARGIN + SPACING), height, given, boundary,
-                   bars, flaky)
+    return Picture(points, max(width, 2 * MARGIN + SPACING), height, given, known_bad,
+                   known_bad_x, boundary, bars, flaky)
 
 
 def _bars(task: Task, points: tuple[Point, ...]) -> tuple[Bar, ...]:

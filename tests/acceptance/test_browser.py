@@ -68,6 +68,7 @@ async def test_dashboard_in_chromium(repo: Repository, db_url: DbUrl, tmp_path: 
             "dashboard": f"{base}/dashboard",
             "task-completed": f"{base}/dashboard/tasks/{seeded.completed}",
             "task-running": f"{base}/dashboard/tasks/{seeded.running}",
+            "task-flaky-completed": f"{base}/dashboard/tasks/{seeded.flaky}",
         }
         for name, url in pages.items():
             tall = name.startswith("task")  # the whole timeline and report in the picture
@@ -76,9 +77,21 @@ async def test_dashboard_in_chromium(repo: Repository, db_url: DbUrl, tmp_path: 
             await _screenshot(binary, tmp_path / "profile", url, f"{name}-phone",
                               "390,2400" if tall else PHONE)
 
+        # What the browser built: the list's result column and phases, each task's strip.
+        listing = (await _chromium_run(binary, tmp_path / "profile", pages["dashboard"],
+                                       "--dump-dom")).decode()
+        assert "<th>Result</th>" in listing and "<th>Phase</th>" in listing
+        assert "confidence 93.0%" in listing and "sched: race in wakeup" in listing
+        assert "searching, 12 candidates left" in listing
+        flaky = (await _chromium_run(binary, tmp_path / "profile",
+                                     pages["task-flaky-completed"], "--dump-dom")).decode()
+        assert '<svg id="strip"' in flaky and "first bad" in flaky
+        assert "culprit probability" in flaky and "2/6 bad" in flaky
+
         # The running task's page polls its live route in the browser and swaps in fragments.
         dom = (await _chromium_run(binary, tmp_path / "profile", pages["task-running"],
                                    "--dump-dom", "--virtual-time-budget=10000")).decode()
         assert 'data-live-status="ok"' in dom
-        assert "3 of ~8, 12 left" in dom
+        assert "step 3 of ~8" in dom and "searching, 12 candidates left" in dom
+        assert '<svg id="strip"' in dom and 'id="phase"' in dom
         assert "<script>alert" not in dom.split("<script>", 1)[0]

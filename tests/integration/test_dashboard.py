@@ -144,7 +144,7 @@ async def test_dashboard_lists_tasks_with_names_phases_results_and_escaping(
         assert "lib: drop bar()" in rows and "confidence 97.0%" in rows
         assert "confidence 93.0%" in rows
         # The phase in words and progress in steps (never candidates).
-        assert "searching, 12 candidates left<small>step 3 of ~8</small>" in rows
+        assert "searching, 12 candidates left<small>step 3 of ~8</small></div>" in rows
         assert "waiting for a consumer<small>not started</small>" in rows
         assert "finished<small>4 steps</small>" in rows
         assert " left<small>" not in rows.replace("candidates left<small>", "")
