@@ -88,12 +88,14 @@ def usable_counts(outcome: Outcome) -> tuple[int, int, int]:
 class AdaptiveSearch:
     """The default search policy over one range (see the module docstring)."""
 
-    def __init__(self, dag: Dag, bad: str, goods: Sequence[str], *, confidence: float) -> None:
+    def __init__(self, dag: Dag, bad: str, goods: Sequence[str], *, confidence: float,
+                 verify: bool = True) -> None:
         self.model = ChangePoint(dag, bad, goods)
         self.dag = dag
         self.bad = bad
         self.goods = tuple(goods)
         self.target = confidence
+        self.verify = verify  # False: no fresh boundary runs are asked for (limits.verify)
         # Stop at a stricter posterior than the one asked for: the prior cannot be right for
         # every test, and an answer reported at c must be right at least c of the time.
         self.stop_at = 1.0 - (1.0 - confidence) * STOP_MARGIN
@@ -176,7 +178,7 @@ class AdaptiveSearch:
     def _side_done(self, side: SideRuns) -> bool:
         """A run the verification asked for (a commit the search never ran needs no more),
         or :data:`SIDE_RUNS` usable runs of this bisection (a retest the search made)."""
-        if self._given_up(side.commit):
+        if not self.verify or self._given_up(side.commit):
             return True
         return self.verify_runs.get(side.commit, 0) >= 1 or side.runs >= SIDE_RUNS
 
@@ -288,9 +290,11 @@ class AdaptiveSearch:
         return None
 
     def _stuck(self) -> bool:
-        """Whether the likely candidates hold the target but no commit left to run could
-        tell them apart (untestable commits between them): more runs cannot help."""
-        credible = self.model.credible_set(self.target, limit=20)
+        """Whether the likely candidates hold the target (with the stopping margin) but no
+        commit left to run could tell them apart (untestable commits between them): more
+        runs cannot help. Short of the margin, retests around them may still show that one
+        of their neighbours is the culprit (a miss on a flaky test)."""
+        credible = self.model.credible_set(self.stop_at, limit=20)
         if len(credible) < 2 or len(credible) >= 20:
             return False
         runnable = [c for c in [*self.model.dag.order, *self.goods] if not self._given_up(c)]

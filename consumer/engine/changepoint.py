@@ -39,7 +39,7 @@ GOOD_SIDE = "<good side>"  # the hypothesis "the first bad commit is not in the 
 # rates a user meets (5 %, 10 %, 30 % flakes) and 0 and 1 exactly.
 RATES: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 P_ALWAYS = 0.5  # prior P(p = 1): most tests are deterministic...
-Q_NEVER = 0.5  # ...and P(q = 0): most errors never show before their regression
+Q_NEVER = 0.3  # ...and P(q = 0): most errors never show before their regression
 Q_MAX = 0.5  # an error showing in more runs than this before its regression is no regression
 _NEG_INF = float("-inf")
 _LOG_R = tuple(math.log(r) if r > 0 else _NEG_INF for r in RATES)

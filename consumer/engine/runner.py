@@ -119,7 +119,8 @@ class Bisection:
 
     async def _adaptive_search(self, dag: Dag, bad: str, goods: list[str]) -> AdaptiveSearch:
         """A default search over ``dag`` that starts from every run made so far."""
-        search = AdaptiveSearch(dag, bad, goods, confidence=self.limits.confidence)
+        search = AdaptiveSearch(dag, bad, goods, confidence=self.limits.confidence,
+                                verify=self.limits.verify)
         for commit, outcome in list(self.ev.history):  # every run, repeats too
             search.record(commit, outcome, fresh=outcome is not self.ev.known.get(commit))
         for commit in [*dag.order, *goods]:  # known verdicts of earlier bisections
