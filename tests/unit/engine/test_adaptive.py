@@ -39,9 +39,10 @@ def test_no_signal_names_no_commit() -> None:
 
 
 def test_flaky_test_found_at_the_target() -> None:
-    trials = [run_trial(Scenario(100, 37, 0.5, 0.0, noise=0.25), seed=s) for s in range(10)]
-    assert sum(t.right for t in trials) >= 8
-    assert all(t.confidence >= 0.95 for t in trials if t.status == FOUND and t.runs > 30)
+    trials = [run_trial(Scenario(100, 37, 0.5, 0.0), seed=s) for s in range(20)]
+    assert sum(t.right for t in trials) >= 16
+    confident = [t for t in trials if t.status == FOUND and t.confidence >= 0.95]
+    assert len(confident) >= 12 and sum(not t.right for t in confident) <= 1
 
 
 def test_retesting_the_bad_commit_until_it_shows_does_not_inflate_p() -> None:
