@@ -111,13 +111,41 @@ def bisection_log(task: Task, steps: list[Step]) -> list[str]:
     return lines
 
 
-def reproduce_lines(task: Task) -> list[str]:
-    bad = task.known_bad_commit or "BAD"
-    good = task.good_commit or "GOOD"
-    # Quoted for a shell: error ids and URLs come from outside and are pasted into terminals.
-    lines = [f"bisect-run --repo {quote(task.git_url or 'REPO')} --bad {quote(bad)} "
-             f"--good {quote(good)} --error-id {quote(task.error_id)} -- TEST_COMMAND",
-             f"  (TEST_COMMAND: the test of tester profile {task.tester or 'default'})"]
+def good_end(task: Task, steps: list[Step]) -> str | None:
+    """The good end of the searched range: given with the task, or the first good commit
+    the engine found (the one its range started from)."""
+    if task.good_commit:
+        return task.good_commit
+    return next((s.commit for s in steps if s.verdict is Verdict.GOOD), None)
+
+
+def test_command(task: Task) -> list[str] | None:
+    """The tester profile's command as the consumer recorded it with the result: a list of
+    arguments, or a shell string (run through ``sh -c``)."""
+    command = result_of(task).get("test_command")
+    if isinstance(command, str) and command.strip():
+        return ["sh", "-c", command]
+    if isinstance(command, list) and command and all(isinstance(a, str) for a in command):
+        return list(command)
+    return None
+
+
+def reproduce_lines(task: Task, steps: list[Step] | None = None) -> list[str]:
+    """A ``bisect-run`` command that runs as printed (every value shell-quoted: error ids and
+    URLs come from outside and are pasted into terminals), and compass-ci's jobs."""
+    lines: list[str] = []
+    command = test_command(task)
+    if command is not None and task.git_url and task.known_bad_commit:
+        good = good_end(task, steps or [])
+        lines.append(" ".join([
+            "bisect-run", "--repo", quote(task.git_url), "--bad", quote(task.known_bad_commit),
+            *(["--good", quote(good)] if good else []), "--error-id", quote(task.error_id),
+            "--", *(quote(arg) for arg in command)]))
+    else:
+        lines.append(f"tester profile {task.tester or 'default'} recorded no test command to "
+                     "run with bisect-run" + ("; resubmit the compass-ci job below"
+                                              if task.first_result_root
+                                              or task.extra.get("bad_result_root") else ""))
     bad_root = task.extra.get("bad_result_root")
     if bad_root or task.first_bad_id or task.first_result_root:
         lines.append("")
@@ -129,9 +157,12 @@ def reproduce_lines(task: Task) -> list[str]:
                          + (f"  result_root {task.first_result_root}"
                             if task.first_result_root else ""))
         root = task.first_result_root or bad_root
+        # The job key that selects the commit (program.makepkg.commit, ss.<pkg>.commit, ...).
+        key = task.extra.get("commit_key")
+        commit_key = key if isinstance(key, str) and key else "upstream_commit"
         if root:
             lines.append(f"  resubmit:       submit {quote(root.rstrip('/') + '/job.yaml')} "
-                         f"upstream_commit={quote(task.bad_commit or bad)}")
+                         f"{commit_key}={quote(task.bad_commit or task.known_bad_commit or '')}")
     return lines
 
 
@@ -155,7 +186,9 @@ def render_report(task: Task, steps: list[Step]) -> str:
         out.append(f"author:  {result['author']}")
     if result.get("date"):
         out.append(f"date:    {result['date']}")
-    out += [f"range:   {task.good_commit or '(searched)'}..{task.known_bad_commit or '-'}",
+    good = good_end(task, steps)
+    found = "" if task.good_commit or good is None else " (good commit found by the search)"
+    out += [f"range:   {good or '(no good commit)'}..{task.known_bad_commit or '-'}{found}",
             f"confidence: {confidence_text(task.confidence)}, verification: "
             f"{task.verification or '-'}"
             + (f" ({result['verification_detail']})" if result.get("verification_detail")
@@ -171,7 +204,7 @@ def render_report(task: Task, steps: list[Step]) -> str:
     out += ["", f"HEAD status: {head or 'not checked'}", "", "bisection log:"]
     out += [f"  {line}" for line in bisection_log(task, steps)]
     out += ["", "to reproduce:"]
-    out += [f"  {line}" if line else "" for line in reproduce_lines(task)]
+    out += [f"  {line}" if line else "" for line in reproduce_lines(task, steps)]
     out += ["", "---", f"bisect-task, task {task.id}, {len(steps)} steps, run time "
             f"{format_duration(run_seconds(task.start_time, task.end_time))}"]
     return "\n".join(out) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,8 @@ async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
         "confidence": 0.97, "verification": "held",
         "verification_detail": "parent good 2/2, commit bad 2/2",
         "subject": "lib: drop bar()", "author": "Ann Dev <ann@example.org>",
-        "date": "2024-05-01", "head": {"commit": sha("head"), "verdict": "bad"}})
+        "date": "2024-05-01", "head": {"commit": sha("head"), "verdict": "bad"},
+        "test_command": ["make", "check", "TESTS=a b"]})
 
     flaky = await _claim(client)
     assert flaky["id"] == ids[3]
@@ -289,7 +291,8 @@ async def test_report_route(repo: Repository, db_url: DbUrl) -> None:
         assert f"git bisect bad {sha('c3')}" in text
         assert f"# first bad commit: [{sha('c3')}] lib: drop bar()" in text
         assert (f"bisect-run --repo https://git.example/proj.git --bad {sha('bad')} "
-                f"--good {sha('good')} --error-id {ERR}") in text
+                f"--good {sha('good')} --error-id {ERR} -- make check 'TESTS=a b'\n") in text
+        assert "GOOD" not in text and "TEST_COMMAND" not in text
         assert "first bad job:  103  result_root /result/103" in text
         assert "bad job:        42  result_root /result/makepkg/" in text
 
@@ -304,9 +307,21 @@ async def test_report_route(repo: Repository, db_url: DbUrl) -> None:
 
 
 def test_report_quotes_the_reproduce_command_for_a_shell() -> None:
+    """The "to reproduce" line runs as printed: a shell splits it back into the arguments."""
     task = Task(id=7, bad_job_id="9", error_id="x;$(rm_-rf_~)", status=TaskStatus.COMPLETED,
                 git_url="https://git.example/a b", known_bad_commit="abc", bad_commit="abd",
-                first_result_root="/r/1;reboot")
-    text = render_report(task, [])
-    assert "--error-id 'x;$(rm_-rf_~)'" in text and "--repo 'https://git.example/a b'" in text
+                first_result_root="/r/1;reboot",
+                extra={"result": {"test_command": "./repro.sh --fast 'x y'"}})
+    steps = [Step(task_id=7, attempt=1, seq=0, commit="abc", verdict=Verdict.BAD),
+             Step(task_id=7, attempt=1, seq=1, commit="a00", verdict=Verdict.GOOD)]
+    text = render_report(task, steps)
+    line = next(li.strip() for li in text.splitlines() if li.strip().startswith("bisect-run"))
+    assert shlex.split(line) == [
+        "bisect-run", "--repo", "https://git.example/a b", "--bad", "abc", "--good", "a00",
+        "--error-id", "x;$(rm_-rf_~)", "--", "sh", "-c", "./repro.sh --fast 'x y'"]
+    assert "range:   a00..abc (good commit found by the search)" in text
     assert "submit '/r/1;reboot/job.yaml' upstream_commit=abd" in text
+    no_command = render_report(Task(id=8, bad_job_id="9", error_id="e",
+                                    status=TaskStatus.COMPLETED, tester="compass"), [])
+    assert "tester profile compass recorded no test command" in no_command
+    assert "GOOD" not in no_command and "TEST_COMMAND" not in no_command
