@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from producer.report import format_duration, format_time, run_seconds, short, step_text
+from producer.report import format_duration, format_time, run_seconds, short
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 30.0
@@ -95,8 +95,13 @@ def _cut(text: str | None, width: int = 48) -> str:
 
 
 def _step_of(task: dict[str, Any]) -> str:
-    return step_text(int(task.get("current_step") or 0), int(task.get("steps_estimate") or 0),
-                     int(task.get("candidates_left") or 0))
+    """Progress in steps (never candidates): ``5 of ~9`` while running, ``9`` once done."""
+    done, estimate = int(task.get("current_step") or 0), int(task.get("steps_estimate") or 0)
+    if not done:
+        return "-"
+    if task.get("status") in FINAL or estimate <= done:
+        return str(done)
+    return f"{done} of ~{estimate}"
 
 
 def _run_time(task: dict[str, Any]) -> str:
@@ -123,13 +128,28 @@ def _step_line(number: int, step: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _status(task: dict[str, Any]) -> str:
+    """The stored status; a cancel (stored as failed, compass-ci's way) says so."""
+    if task.get("status") == "failed" and task.get("end_reason") == "cancelled":
+        return "cancelled"
+    return str(task.get("status"))
+
+
+def _good_end(task: dict[str, Any], steps: list[dict[str, Any]]) -> str | None:
+    """The good commit given, or the first one the engine found."""
+    given = task.get("good_commit")
+    if given:
+        return str(given)
+    return next((str(s["commit"]) for s in steps if s.get("verdict") == "good"), None)
+
+
 def _show(data: dict[str, Any]) -> str:
     task, steps = data["task"], data.get("steps", [])
     result = (task.get("extra") or {}).get("result") or {}
     fields = [("id", task["id"]), ("name", task.get("name")), ("status", task["status"]),
               ("error id", task.get("error_id")), ("bad job", task.get("bad_job_id")),
               ("suite", task.get("suite")), ("repository", task.get("git_url")),
-              ("range", f"{task.get('good_commit') or '(searched)'}.."
+              ("range", f"{_good_end(task, steps) or '(good commit not found yet)'}.."
                         f"{task.get('known_bad_commit') or '-'}"),
               ("priority", task.get("priority")), ("step", _step_of(task)),
               ("started", format_time(task.get("start_time"))), ("run time", _run_time(task)),
@@ -168,18 +188,46 @@ def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> N
 
 
 # ---------------------------------------------------------------- commands
+# A submit option and the task field it sets: what an existing task may differ in.
+_SUBMIT_FIELDS = {"priority": "priority", "timeout": "timeout", "tester": "tester",
+                  "repo_url": "git_url", "bad_commit": "known_bad_commit",
+                  "good": "good_commit"}
+
+
+def _ignored(task: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The options of this submit that the existing task does not have."""
+    def same(option: str, value: Any) -> bool:
+        held = str(task.get(_SUBMIT_FIELDS[option]) or "")
+        if option == "repo_url":
+            return held.rstrip("/").removesuffix(".git") == str(value).rstrip(
+                "/").removesuffix(".git")
+        if option in ("bad_commit", "good"):  # an abbreviated hash names the same commit
+            return bool(held) and held.startswith(str(value))
+        return held == str(value)
+    return ["--" + option.replace("_", "-") for option, value in given.items()
+            if not same(option, value)]
+
+
+def _submit_text(data: dict[str, Any], given: dict[str, Any]) -> str:
+    task = data["task"]
+    if data["created"]:
+        return f"created task {task['id']} (status {task['status']})"
+    text = (f"task {task['id']} exists already for job {task.get('bad_job_id')} and error id "
+            f"{task.get('error_id')} (status {_status(task)}): no new task")
+    ignored = _ignored(task, given)
+    if ignored:
+        text += (f"; the options of this submit ({', '.join(ignored)}) were ignored: the "
+                 "existing task keeps its own")
+    return text
+
+
 def cmd_submit(api: Api, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"bad_job_id": args.bad_job_id, "error_id": args.error_id}
-    for key in ("priority", "timeout", "tester", "repo_url", "bad_commit"):
-        if getattr(args, key) is not None:
-            body[key] = getattr(args, key)
-    if args.good is not None:
-        body["good_commit"] = args.good
+    given = {key: getattr(args, key) for key in _SUBMIT_FIELDS if getattr(args, key) is not None}
+    for key, value in given.items():
+        body["good_commit" if key == "good" else key] = value
     data = api.call("POST", "/api/v1/tasks", body=body)
-    task = data["task"]
-    _emit(args, data, lambda _: (f"created task {task['id']}" if data["created"]
-                                 else f"task {task['id']} exists already")
-          + f" (status {task['status']})")
+    _emit(args, data, lambda d: _submit_text(d, given))
     return 0
 
 
@@ -233,7 +281,7 @@ def cmd_watch(api: Api, args: argparse.Namespace) -> int:
         say(f"completed: first bad commit {task.get('bad_commit')}"
             + (f' ("{subject}")' if subject else ""))
     else:
-        say(f"{task['status']}: {task.get('last_error') or 'no reason given'}")
+        say(f"{_status(task)}: {task.get('last_error') or 'no reason given'}")
     return 0 if task["status"] == "completed" else EXIT_NOT_COMPLETED
 
 
@@ -243,7 +291,7 @@ def _action(verb: str) -> Callable[[Api, argparse.Namespace], int]:
         task = data["task"]
         note = " (cancel requested: the consumer stops it)" if task.get("cancel_requested") \
             and task["status"] == "processing" else ""
-        _emit(args, data, lambda _: f"task {task['id']}: {task['status']}{note}")
+        _emit(args, data, lambda _: f"task {task['id']}: {_status(task)}{note}")
         return 0
     return run
 
@@ -287,31 +335,44 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
         return command
 
-    submit = add("submit", cmd_submit, "submit a bisection task")
-    submit.add_argument("bad_job_id")
-    submit.add_argument("error_id")
-    submit.add_argument("--priority", type=int)
-    submit.add_argument("--good", metavar="REV", help="a commit known good")
-    submit.add_argument("--tester", metavar="PROFILE")
-    submit.add_argument("--timeout", type=int, metavar="S")
-    submit.add_argument("--repo-url", metavar="URL")
-    submit.add_argument("--bad-commit", metavar="REV")
+    submit = add("submit", cmd_submit, "submit a bisection task (an existing task of the "
+                                       "same job and error id is answered instead)")
+    submit.add_argument("bad_job_id", help="the failed job: a compass-ci job id, or any id "
+                                           "with --repo-url and --bad-commit")
+    submit.add_argument("error_id", help="the error id to bisect, e.g. "
+                                         "last_state.test.pkgbuild.exit_code.1")
+    submit.add_argument("--priority", type=int, help="higher runs first (default 0)")
+    submit.add_argument("--good", metavar="REV",
+                        help="a commit known good (default: the engine searches for one)")
+    submit.add_argument("--tester", metavar="PROFILE",
+                        help="the consumers' tester profile to test with (default: the "
+                             "producer's BISECT_DEFAULT_TESTER)")
+    submit.add_argument("--timeout", type=int, metavar="S",
+                        help="seconds the whole bisection may take")
+    submit.add_argument("--repo-url", metavar="URL",
+                        help="the repository, for a job outside compass-ci (must be allowed "
+                             "by the producer's BISECT_REPO_URL_ALLOW)")
+    submit.add_argument("--bad-commit", metavar="REV",
+                        help="the commit that shows the error, for a job outside compass-ci")
     listing = add("list", cmd_list, "list tasks, newest first")
-    listing.add_argument("--status")
-    listing.add_argument("--suite")
-    listing.add_argument("--error-id")
-    listing.add_argument("--group")
-    listing.add_argument("--bad-job-id")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--status", help="only this status (wait, processing, completed, "
+                                          "failed, or any status stored)")
+    listing.add_argument("--suite", help="only this compass-ci suite")
+    listing.add_argument("--error-id", help="only this error id")
+    listing.add_argument("--group", help="only this group (same error id and repository)")
+    listing.add_argument("--bad-job-id", help="only the tasks of this job")
+    listing.add_argument("--limit", type=int, default=50,
+                         help="tasks a page (default 50, at most 1000)")
     listing.add_argument("--all", action="store_true", help="follow every page")
     for name, run, text in (("show", cmd_show, "one task with its steps"),
                             ("retry", _action("retry"), "put a failed/cancelled task back"),
                             ("cancel", _action("cancel"), "cancel a task"),
                             ("report", cmd_report, "the report of a completed task")):
-        add(name, run, text).add_argument("id", type=_task_id)
+        add(name, run, text).add_argument("id", type=_task_id, help="the task id")
     watch = add("watch", cmd_watch, "follow a task live until it finishes")
-    watch.add_argument("id", type=_task_id)
-    watch.add_argument("--interval", type=float, default=2.0, metavar="S")
+    watch.add_argument("id", type=_task_id, help="the task id")
+    watch.add_argument("--interval", type=float, default=2.0, metavar="S",
+                       help="seconds between polls (default 2)")
     add("counts", cmd_counts, "task counts by status")
     return parser
 

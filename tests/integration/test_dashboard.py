@@ -40,6 +40,7 @@ class Seeded:
     running: str  # processing, step 3 of ~8, evil error id and job id
     waiting: str  # outside compass-ci, never claimed
     flaky: str  # completed by a flaky search: mixed runs, a runner-up
+    running_lease: str  # what a finish of the running task must present
 
 
 async def _claim(client: TestClient[Any, Any]) -> dict[str, Any]:
@@ -121,7 +122,8 @@ async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
             verdict=Verdict.GOOD, job_id=EVIL_JOB, duration_ms=5_000))
     await repo.update_progress(int(running["id"]), current_step=3, steps_estimate=8,
                                candidates_left=12)
-    return Seeded(completed=ids[0], running=ids[1], waiting=ids[2], flaky=ids[3])
+    return Seeded(completed=ids[0], running=ids[1], waiting=ids[2], flaky=ids[3],
+                  running_lease=running["lease"])
 
 
 async def test_dashboard_lists_tasks_with_names_phases_results_and_escaping(
