@@ -10,6 +10,7 @@ every connection that has not sent one complete request head within
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -38,9 +39,10 @@ def _heads_received(handler: Any) -> int:
 
 
 async def close_slow_connections(server: web.Server, header_timeout_s: float,
-                                 stop: asyncio.Event) -> None:
+                                 stop: asyncio.Event,
+                                 on_closed: Callable[[int], object] | None = None) -> None:
     """Until ``stop``: close connections without a complete request head after
-    ``header_timeout_s`` (checked a few times per period)."""
+    ``header_timeout_s`` (checked a few times per period); ``on_closed(count)`` counts them."""
     loop = asyncio.get_running_loop()
     first_seen: dict[int, tuple[Any, float]] = {}
     tick = max(0.05, header_timeout_s / 4)
@@ -60,6 +62,8 @@ async def close_slow_connections(server: web.Server, header_timeout_s: float,
         first_seen = alive
         if closed:
             log.info("slow_connections_closed", count=closed, header_timeout_s=header_timeout_s)
+            if on_closed is not None:
+                on_closed(closed)
         try:
             await asyncio.wait_for(stop.wait(), tick)
         except TimeoutError:
@@ -67,9 +71,12 @@ async def close_slow_connections(server: web.Server, header_timeout_s: float,
 
 
 def start_connection_guard(runner: web.AppRunner, settings: ProducerSettings,
-                           stop: asyncio.Event) -> asyncio.Task[None]:
+                           stop: asyncio.Event,
+                           on_closed: Callable[[int], object] | None = None
+                           ) -> asyncio.Task[None]:
     """Run :func:`close_slow_connections` for ``runner``'s server (after ``setup()``)."""
     server = runner.server
     assert server is not None, "start the guard after runner.setup()"
-    return asyncio.create_task(close_slow_connections(server, settings.header_timeout_s, stop),
-                               name="connection_guard")
+    return asyncio.create_task(
+        close_slow_connections(server, settings.header_timeout_s, stop, on_closed),
+        name="connection_guard")

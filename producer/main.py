@@ -30,7 +30,8 @@ async def serve(settings: ProducerSettings) -> int:
                            **runner_options(settings))
     await runner.setup()
     guard_stop = asyncio.Event()
-    connection_guard = start_connection_guard(runner, settings, guard_stop)
+    connection_guard = start_connection_guard(runner, settings, guard_stop,
+                                              state.metrics.slow_connections_closed.inc)
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     log.info("producer_started", host=settings.host, port=settings.port,

@@ -37,6 +37,14 @@ class ProducerMetrics:
         self.discovery_lag = Gauge("bisect_discovery_lag_jobs",
                                    "Newest job id minus the discovery cursor",
                                    registry=self.registry)
+        # The HTTP edge (issue 15): what the caps and deadlines turned away.
+        self.slow_connections_closed = Counter(
+            "bisect_http_slow_connections_closed_total",
+            "Connections closed for sending no complete request head in time",
+            registry=self.registry)
+        self.long_polls = Gauge("bisect_long_polls_waiting",
+                                "Claims waiting for work (read at scrape time)",
+                                registry=self.registry)
         self.discovery_cursor = Gauge("bisect_discovery_cursor",
                                       "Highest job id below which every job is handled",
                                       registry=self.registry)

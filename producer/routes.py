@@ -325,6 +325,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = _state(request)
+    state.metrics.long_polls.set(state.writer.long_polls_waiting)
     try:
         for status, count in (await state.repo.count_by_status()).items():
             state.metrics.tasks.labels(status).set(count)

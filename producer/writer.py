@@ -169,6 +169,10 @@ class TaskStateWriter:
         return (task.owner == consumer_id and bool(self._lease_key)
                 and lease_matches(self._lease_key, task.id, task.claims, consumer_id, lease))
 
+    @property
+    def long_polls_waiting(self) -> int:
+        return len(self._work_waiters)
+
     def long_poll_free(self) -> bool:
         """Whether one more claim may wait for work (the rest answer at once)."""
         return len(self._work_waiters) < self._max_long_polls

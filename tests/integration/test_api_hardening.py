@@ -125,6 +125,7 @@ async def test_long_polls_are_capped_and_woken_only_for_their_testers(
         demo = poll("demo-0", "demo")
         await asyncio.sleep(0.5)
         assert not demo.done() and not any(o.done() for o in others)
+        assert "bisect_long_polls_waiting 6.0" in await (await client.get("/metrics")).text()
         # The seventh long poll is over the cap: it answers at once, without waiting.
         started = asyncio.get_running_loop().time()
         over = await (await client.post("/api/v1/internal/claim", headers=CONSUMER, json={

@@ -120,8 +120,12 @@ async def test_idle_and_half_sent_connections_are_closed(producer: Producer) -> 
         writer.close()
     # A connection that sends its request in time is served as always.
     reader, writer = await _open(producer.port)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert await _status(reader, 5) == 200
+    text = (await asyncio.wait_for(reader.read(), 5)).decode()
+    closed = next(line for line in text.splitlines()
+                  if line.startswith("bisect_http_slow_connections_closed_total "))
+    assert float(closed.split()[1]) >= 250
     writer.close()
 
 
