@@ -48,3 +48,17 @@ async def test_concurrent_submits_are_coalesced_and_deduplicated(repo: Repositor
     created = [r[0] for r in results if r[0].created]
     assert len(created) == 7
     assert len({r[0].task.id for r in results}) == 7
+
+
+async def test_submit_each_answers_an_unstorable_item_with_its_error(repo: Repository) -> None:
+    from common.errors import ValidationError
+
+    writer = TaskStateWriter(repo, lease_s=10, max_attempts=3)
+    items = [NewTask(bad_job_id=f"g{n}", error_id="e", tester="t") for n in range(5)]
+    items.insert(3, NewTask(bad_job_id="bad", error_id="e", tester="t", project="p" * 300))
+    results = await writer.submit_each(items)
+    errors = [r for r in results if isinstance(r, ValidationError)]
+    assert len(errors) == 1 and results[3] is errors[0] and errors[0].field == "repo_url"
+    assert all(not isinstance(r, ValidationError) and r.created
+               for i, r in enumerate(results) if i != 3)
+    assert (await repo.count_by_status())["wait"] == 5
