@@ -85,8 +85,11 @@ def _tallies(steps: list[Step]) -> list[_Tally]:
     by_commit: dict[str, _Tally] = {}
     for order, step in enumerate(steps):
         tally = by_commit.setdefault(step.commit, _Tally(step.commit, order, verdicts=set()))
-        tally.runs += max(step.runs, 1)
-        tally.bad_runs += step.bad_runs
+        runs = max(step.runs, 1)
+        tally.runs += runs
+        # A bad verdict that counted no runs (an engine reporting the verdict only) is bad
+        # in every run; otherwise the recorded count.
+        tally.bad_runs += step.bad_runs or (runs if step.verdict is Verdict.BAD else 0)
         assert tally.verdicts is not None
         tally.verdicts.add(step.verdict.value)
         tally.last = step.verdict.value
