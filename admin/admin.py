@@ -55,11 +55,10 @@ async def _init_db(repo: Repository) -> int:
 
 async def _check_db(repo: Repository, fix: bool) -> int:
     report = await repo.check_schema()
-    # Coexistence with compass-ci (its tables, their layout), when the repository checks it.
-    schema_warnings = getattr(repo, "schema_warnings", None)
-    if schema_warnings is not None:
-        for line in await schema_warnings():
-            print(f"warning: {line}")
+    # Coexistence with compass-ci: its tables in another layout, its bisect service still
+    # using the bisect table.
+    for line in await repo.schema_warnings():
+        print(f"warning: {line}")
     missing_tables = report.pop("", [])
     for name in missing_tables:
         print(f"missing table: {name}")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp_jinja2
+from aiohttp import web
+
 from common.models import Step, Task, TaskStatus, Verdict
-from producer import bisection_picture, bisection_view
+from producer import bisection_picture, bisection_view, dashboard
 from producer.sessions import LoginLimiter, SessionStore, csrf_ok
 
 
@@ -113,3 +116,15 @@ def test_login_limiter_counts_per_client_within_the_window() -> None:
     assert limiter.allow("a") == 10 and limiter.allow("b") is None
     now[0] = 10.5
     assert limiter.allow("a") is None
+
+
+def test_templates_escape_every_value_through_aiohttp_jinja2() -> None:
+    app = web.Application()
+    dashboard.setup(app)
+    for env in (aiohttp_jinja2.get_env(app), dashboard.ENVIRONMENT):
+        html = env.get_template("message.html").render(
+            page_title="<b>t</b>", message="<script>alert(1)</script>", live=None,
+            live_status=None, signed_in=False)
+        assert "<script>alert(1)</script>" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        assert dashboard.JS in html  # our own script, inline and unescaped (CSP-hashed)
