@@ -107,6 +107,7 @@ class AdaptiveSearch:
         # of the candidates left (no more runs than ceil(log2 N) on a deterministic test);
         # the first contradiction hands the choice to the information gain for good.
         self._halving: DeterministicSearch | None = DeterministicSearch(dag, bad)
+        self._halving_found: str | None = None  # its answer, cached (it costs O(N))
         self._seen: dict[str, Verdict] = {}
 
     # -- evidence ----------------------------------------------------------------------------
@@ -144,8 +145,12 @@ class AdaptiveSearch:
             return
         self._seen[commit] = verdict
         self._halving.record(commit, Outcome.of(verdict))
-        if self._halving.result().status is SearchStatus.INCONSISTENT:
+        if self._halving.inconsistent:
             self._halving = None
+            return
+        found = self._halving.result() if self._halving.candidates_left() <= 2 else None
+        self._halving_found = (found.first_bad if found is not None
+                               and found.status is SearchStatus.FOUND else None)
 
     @property
     def consistent(self) -> bool:
@@ -157,10 +162,8 @@ class AdaptiveSearch:
         best, prob = self.model.best()
         if prob >= VERIFY_FROM:
             return best, prob
-        if self._halving is not None:
-            found = self._halving.result()
-            if found.status is SearchStatus.FOUND and found.first_bad is not None:
-                return found.first_bad, self.model.probability(found.first_bad)
+        if self._halving is not None and self._halving_found is not None:
+            return self._halving_found, self.model.probability(self._halving_found)
         return None
 
     # -- boundary ----------------------------------------------------------------------------

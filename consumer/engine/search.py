@@ -86,6 +86,11 @@ class DeterministicSearch:
         return self._bad
 
     @property
+    def inconsistent(self) -> bool:
+        """Whether the verdicts contradict each other (cheap: no result is built)."""
+        return self._inconsistent is not None
+
+    @property
     def candidates(self) -> frozenset[str]:
         return frozenset(self._candidates)
 
