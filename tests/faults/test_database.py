@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from common.db import Database
 from admin.launcher import http_json
+from common.db import Database
 from common.private_db import PrivateDatabaseError, PrivateMariaDB
 from common.repository import Repository
 from common.settings import DbUrl
