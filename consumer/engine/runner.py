@@ -3,9 +3,10 @@
 The default search is :class:`~consumer.engine.adaptive.AdaptiveSearch` (deterministic
 and flaky tests alike; it verifies and decides when to stop); ``limits.flaky: false`` or
 a strategy given to :func:`run_task` runs a :class:`SearchStrategy` instead. The loop
-runs up to ``limits.slots`` tests at once, each in its own worktree. Every test goes through :meth:`Evidence.evaluate`
-(:mod:`consumer.engine.evidence`); the range is found by :mod:`consumer.engine.range_finder`
-and the result built by :mod:`consumer.engine.conclusion`.
+runs up to ``limits.slots`` tests at once, each in its own worktree. Every test goes
+through :meth:`Evidence.evaluate` (:mod:`consumer.engine.evidence`); the range is found
+by :mod:`consumer.engine.range_finder` and the result built by
+:mod:`consumer.engine.conclusion`.
 """
 
 from __future__ import annotations
@@ -302,9 +303,9 @@ async def run_task(
 ) -> BisectResult:
     """Run one bisection from a spec; emits every event but the final ``result``.
 
-    ``strategy`` None: the default search (git's with ``limits.flaky: false``). Raises ``ValidationError`` (bad tester
-    profile) and ``EngineError`` (git, tester) for the caller to turn into an error result;
-    see :func:`consumer.engine.session.run_engine`.
+    ``strategy`` None: the default search (git's with ``limits.flaky: false``). Raises
+    ``ValidationError`` (bad tester profile) and ``EngineError`` (git, tester) for the
+    caller to turn into an error result; see :func:`consumer.engine.session.run_engine`.
     """
     context = TesterContext(
         error_id=spec.error_id, different_error=spec.limits.different_error,
