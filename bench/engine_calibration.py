@@ -140,6 +140,7 @@ def main() -> int:
           "info limit | mean / limit | right at >= 0.5 / 0.8 / 0.95 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     bad_accuracy = bad_calibration = 0
+    rows: dict[Cell, str] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_cell, (c, args.trials)) for c in cells]
         for future in as_completed(futures):  # a row as soon as its cell is done
@@ -147,7 +148,10 @@ def main() -> int:
             line, accurate, calibrated = row(cell, results, took)
             bad_accuracy += not accurate
             bad_calibration += not calibrated
+            rows[cell] = line
             print(line, flush=True)
+    print("\nIn grid order:\n")
+    print("\n".join(rows[c] for c in cells))
     print(f"\ncells with p - q >= 0.2 below 95 % right: {bad_accuracy}; "
           f"cells not calibrated: {bad_calibration}; "
           f"({time.monotonic() - started:.0f} s)")
