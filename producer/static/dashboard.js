@@ -1,5 +1,11 @@
 (function(){
   var body=document.body, url=body.dataset.live, every=+(body.dataset.every||4000);
+  // On a narrow screen the strip scrolls: bring the culprit into view.
+  var box=document.getElementById("live-picture"), mark=box&&box.querySelector(".culprit");
+  if(mark&&box.scrollWidth>box.clientWidth){
+    var r=mark.getBoundingClientRect(), b=box.getBoundingClientRect();
+    box.scrollLeft+=r.left-b.left-b.width/2+r.width/2;
+  }
   if(!url){return;}
   function tick(){
     fetch(url,{headers:{Accept:"application/json"},credentials:"same-origin"})

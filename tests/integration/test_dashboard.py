@@ -232,7 +232,7 @@ async def test_task_page_shows_picture_range_timeline_result_and_report(
         positions = [strip.index(f">{label}<") for label in order]
         assert positions == sorted(positions)
         assert ">first bad<" in strip and strip.count('class="point v-') == 4
-        assert 'class="point v-bad"' in strip and "2 runs" in strip
+        assert 'class="point v-bad culprit"' in strip and "2 runs" in strip
         assert "<script" not in strip
 
         running = await (await client.get(f"/dashboard/tasks/{seeded.running}")).text()
