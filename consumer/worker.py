@@ -31,7 +31,15 @@ from consumer.client import (
 from consumer.health import Metrics
 from consumer.profiles import COMPASS, tester_fingerprint
 from consumer.recorder import Recorder, RecorderScope
-from consumer.runner import STOP_SHUTDOWN, BisectionRun, Finish, SpecError, build_spec, decide
+from consumer.runner import (
+    STOP_SHUTDOWN,
+    BisectionRun,
+    Finish,
+    SpecError,
+    build_spec,
+    decide,
+    task_timeout_s,
+)
 from consumer.settings import ConsumerSettings
 
 log = structlog.get_logger(__name__)
@@ -57,14 +65,6 @@ def remove_empty_task_dirs(work_dir: str) -> int:
             except OSError:
                 continue
     return removed
-
-
-def task_timeout_s(task: ClaimedTask, settings: ConsumerSettings) -> float:
-    """The smaller of the task's timeout and this consumer's BISECT_TASK_TIMEOUT_S: a
-    submitter may ask for less time, never for more than the operator allows."""
-    if task.timeout:
-        return float(min(task.timeout, settings.task_timeout_s))
-    return float(settings.task_timeout_s)
 
 
 @dataclass
@@ -333,7 +333,8 @@ class Worker:
             tester_fingerprint=fingerprint, error_id=task.error_id,
             bad_job_id=task.bad_job_id), self.metrics)
         run = BisectionRun(self.settings.engine_command, spec, recorder,
-                           timeout_s=task_timeout_s(task, self.settings),
+                           timeout_s=task_timeout_s(task.timeout,
+                                                     self.settings.task_timeout_s),
                            kill_grace_s=self.settings.kill_grace_s, work_dir=work_dir)
         item.run = run
         if item.stop_reason is not None:
