@@ -16,6 +16,7 @@ COPY pyproject.toml README.md ./
 COPY common ./common
 COPY producer ./producer
 COPY consumer ./consumer
+COPY admin ./admin
 # Same command as the README's local install.
 RUN pip install --no-cache-dir .
 

@@ -166,8 +166,10 @@ def _failure_reason(result: dict[str, Any]) -> str:
     return status
 
 
-def completed_result(result: dict[str, Any], work_dir: str) -> dict[str, Any]:
-    """compass-ci's fields of a found culprit, plus what else is worth keeping."""
+def completed_result(result: dict[str, Any], work_dir: str,
+                     test_command: Any = None) -> dict[str, Any]:
+    """compass-ci's fields of a found culprit, plus what else is worth keeping (and the
+    profile's test command, so that the report can say how to reproduce)."""
     verification = result.get("verification")
     if isinstance(verification, dict):
         held = "held" if verification.get("held") else "not_held"
@@ -188,10 +190,14 @@ def completed_result(result: dict[str, Any], work_dir: str) -> dict[str, Any]:
                 "runner_up"):
         if result.get(key) is not None:
             out[key] = _cap(result[key])
+    if isinstance(test_command, str) or (isinstance(test_command, list) and all(
+            isinstance(arg, str) for arg in test_command)):
+        out["test_command"] = test_command
     return out
 
 
-def decide(run: RunResult, *, work_dir: str, timeout_action: TimeoutAction) -> Finish:
+def decide(run: RunResult, *, work_dir: str, timeout_action: TimeoutAction,
+           test_command: Any = None) -> Finish:
     """The producer-facing outcome of a run."""
     if run.stop_reason == STOP_CANCELLED:
         # Reported at once so the producer marks it cancelled now, not when the lease ends.
@@ -203,7 +209,8 @@ def decide(run: RunResult, *, work_dir: str, timeout_action: TimeoutAction) -> F
     killed = run.timed_out or run.stop_reason == STOP_SHUTDOWN
     if run.result is not None and not (killed and run.result.get("status") == "error"):
         if run.result.get("status") == "found":
-            return Finish(FinishOutcome.COMPLETED, "", completed_result(run.result, work_dir))
+            return Finish(FinishOutcome.COMPLETED, "",
+                          completed_result(run.result, work_dir, test_command))
         keep = {k: _cap(run.result[k]) for k in ("candidates", "runs", "tested", "runner_up")
                 if run.result.get(k) is not None}
         return Finish(FinishOutcome.FAILED, _failure_reason(run.result), keep)

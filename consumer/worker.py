@@ -342,7 +342,9 @@ class Worker:
         tlog.info("engine_starting", tester=name, known_verdicts=len(known))
         result = await run.run()
         self.metrics.bisection_duration.observe(result.duration_s)
-        finish = decide(result, work_dir=work_dir, timeout_action=self.settings.timeout_action)
+        finish = decide(result, work_dir=work_dir, timeout_action=self.settings.timeout_action,
+                        test_command=(profile.options.get("command")
+                                      if profile.kind == "command" else None))
         if finish.outcome is FinishOutcome.COMPLETED:
             await recorder.record_regression(
                 task.git_url, compass_job=bool(task.extra.get("compass_job")),

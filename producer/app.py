@@ -12,9 +12,12 @@ from common.db import Database
 from common.errors import DatabaseUnavailable
 from common.repository import Repository
 from common.supervise import RetryPolicy, sleep_or_stop
+from producer.dashboard import ROUTES as dashboard_routes
+from producer.dashboard import setup as setup_dashboard
 from producer.discovery import JobDiscovery
 from producer.errors import WriterConflict
 from producer.leases import load_or_create_key
+from producer.legacy_routes import ROUTES as legacy_routes
 from producer.metrics import ProducerMetrics
 from producer.middleware import error_middleware, guard, metrics_middleware
 from producer.openapi import ROUTE_TABLE_KEY
@@ -30,13 +33,7 @@ SHUTDOWN_WAIT_S = 10.0
 
 
 def extra_route_tables() -> Iterable[Route]:
-    """compass-ci's routes, and those of optional modules (the dashboard) when present."""
-    from producer.legacy_routes import ROUTES as legacy_routes
-
-    try:
-        from producer.dashboard import ROUTES as dashboard_routes
-    except ImportError:
-        return legacy_routes
+    """compass-ci's routes and the dashboard's."""
     return (*legacy_routes, *dashboard_routes)
 
 
@@ -128,6 +125,7 @@ def create_app(settings: ProducerSettings) -> web.Application:
                              repo_url_allow=settings.repo_url_allow)
     app[STATE_KEY] = ProducerState(settings=settings, db=db, repo=repo, writer=writer,
                                    metrics=ProducerMetrics())
+    setup_dashboard(app)
     table = [*ROUTES, *extra_route_tables()]
     app[ROUTE_TABLE_KEY] = table
     for route in table:

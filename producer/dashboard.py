@@ -96,8 +96,7 @@ def setup(app: web.Application) -> None:
 
 
 def _environment(request: web.Request) -> jinja2.Environment:
-    env = request.config_dict.get(aiohttp_jinja2.APP_KEY)
-    return env if isinstance(env, jinja2.Environment) else ENVIRONMENT
+    return aiohttp_jinja2.get_env(request.app)
 
 
 def _session(request: web.Request) -> Session | None:
