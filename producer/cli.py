@@ -287,13 +287,22 @@ def cmd_watch(api: Api, args: argparse.Namespace) -> int:
 
 def _action(verb: str) -> Callable[[Api, argparse.Namespace], int]:
     def run(api: Api, args: argparse.Namespace) -> int:
-        data = api.call("POST", f"/api/v1/tasks/{args.id}/{verb}")
+        body = {"fresh": True} if getattr(args, "fresh", False) else None
+        data = api.call("POST", f"/api/v1/tasks/{args.id}/{verb}", body=body)
         task = data["task"]
         note = " (cancel requested: the consumer stops it)" if task.get("cancel_requested") \
             and task["status"] == "processing" else ""
         _emit(args, data, lambda _: f"task {task['id']}: {_status(task)}{note}")
         return 0
     return run
+
+
+def cmd_forget_verdicts(api: Api, args: argparse.Namespace) -> int:
+    data = api.call("DELETE", "/api/v1/verdicts",
+                    query={"repo_url": args.repo_url, "error_id": args.error_id})
+    _emit(args, data, lambda d: f"forgot {d['forgotten']} stored verdicts of {args.error_id} "
+                                f"in {args.repo_url}")
+    return 0
 
 
 def cmd_report(api: Api, args: argparse.Namespace) -> int:
@@ -368,7 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
                             ("retry", _action("retry"), "put a failed/cancelled task back"),
                             ("cancel", _action("cancel"), "cancel a task"),
                             ("report", cmd_report, "the report of a completed task")):
-        add(name, run, text).add_argument("id", type=_task_id, help="the task id")
+        command = add(name, run, text)
+        command.add_argument("id", type=_task_id, help="the task id")
+        if name == "retry":
+            command.add_argument("--fresh", action="store_true",
+                                 help="reuse no stored verdict: test every commit again")
+    forget = add("forget-verdicts", cmd_forget_verdicts,
+                 "forget the stored verdicts of a repository and error id (the next bisection "
+                 "tests every commit again)")
+    forget.add_argument("repo_url", help="the repository URL, as the tasks name it")
+    forget.add_argument("error_id", help="the error id")
     watch = add("watch", cmd_watch, "follow a task live until it finishes")
     watch.add_argument("id", type=_task_id, help="the task id")
     watch.add_argument("--interval", type=float, default=2.0, metavar="S",

@@ -175,3 +175,17 @@ async def test_watch_follows_a_task_to_the_end(repo: Repository, db_url: DbUrl) 
                                                                              "cancelled")
         code, out, _ = await cli(client, "watch", seeded.waiting)
         assert code == 4 and out.strip().startswith("cancelled")
+
+
+async def test_retry_fresh_and_forget_verdicts(repo: Repository, db_url: DbUrl) -> None:
+    from common.models import StoredVerdict
+
+    url = "https://git.example/x"
+    await repo.record_verdict(StoredVerdict(repo_url=url, commit="c1", tester_fingerprint="f",
+                                            error_id=ERR, verdict=Verdict.SKIP, runs=0))
+    async with running_producer(producer_settings(db_url)) as client:
+        code, out, _ = await cli(client, "forget-verdicts", url, ERR)
+        assert code == 0 and out.startswith("forgot 1 stored verdicts"), out
+        code, out, err = await cli(client, "retry", "--fresh", "123")
+        assert code != 0 and "123" in err  # no such task: refused, named
+    assert await repo.verdicts_in_scope(url, "f", ERR) == []
