@@ -111,6 +111,10 @@ class Task:
     candidates_left: int = 0
     progress_ms: int = 0
     end_reason: str = ""
+    # What the engine is doing now (while processing): the commit under test and the phase
+    # (find_good, search, verify, check_head, ...).
+    current_commit: str | None = None
+    phase: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -158,10 +162,14 @@ class Step:
     started_ms: int = 0
     duration_ms: int = 0
     created_at: int = 0
+    phase: str | None = None
+    # Flaky searches: the most likely culprits after this step, (commit, probability).
+    posterior: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["verdict"] = self.verdict.value
+        data["posterior"] = [list(pair) for pair in self.posterior]
         data["task_id"] = str(self.task_id)
         return data
 

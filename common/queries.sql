@@ -75,7 +75,8 @@ SELECT COUNT(*) AS n FROM bisect
 -- name: update_task_claimed
 UPDATE bisect SET bisect_status = 'processing', owner = %(owner)s, lease_expires_ms = %(lease_expires_ms)s,
  claims = %(claims)s, start_time = %(start_time)s, updated_at = %(now)s, last_error = '',
- cancel_requested = 0, current_step = 0, steps_estimate = 0, candidates_left = 0
+ cancel_requested = 0, current_step = 0, steps_estimate = 0, candidates_left = 0,
+ current_commit = '', phase = ''
 WHERE id = %(id)s
 
 -- name: update_task_leases
@@ -117,6 +118,10 @@ WHERE id = %(id)s
 
 -- name: update_task_extra
 UPDATE bisect SET j = %(j)s WHERE id = %(id)s
+
+-- name: update_task_testing
+UPDATE bisect SET current_commit = %(current_commit)s, phase = %(phase)s, progress_ms = %(progress_ms)s
+WHERE id = %(id)s
 
 -- name: update_task_progress
 UPDATE bisect SET current_step = %(current_step)s, steps_estimate = %(steps_estimate)s,

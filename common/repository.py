@@ -132,6 +132,8 @@ def task_from_row(row: dict[str, Any]) -> Task:
         candidates_left=_i(row["candidates_left"]),
         progress_ms=_i(row["progress_ms"]),
         end_reason=_text(row["end_reason"]),
+        current_commit=_opt_s(row["current_commit"]),
+        phase=_opt_s(row["phase"]),
         extra=_json_load(row["j"]),
     )
 
@@ -186,6 +188,8 @@ def new_task_row(task_id: int, new: NewTask, now: int, now_milli: int) -> dict[s
         "progress_ms": 0,
         "bisect_metrics": "",
         "end_reason": "",
+        "current_commit": "",
+        "phase": "",
     }
 
 
@@ -205,7 +209,25 @@ def step_from_row(row: dict[str, Any]) -> Step:
         started_ms=_i(row["started_ms"]),
         duration_ms=_i(row["duration_ms"]),
         created_at=_i(row["created_at"]),
+        phase=_opt_s(row["phase"]),
+        posterior=_posterior(row["posterior"]),
     )
+
+
+MAX_POSTERIOR = 20  # the most likely culprits kept per step
+
+
+def _posterior(value: Any) -> tuple[tuple[str, float], ...]:
+    try:
+        loaded = json.loads(_text(value) or "[]")
+    except ValueError:
+        return ()
+    pairs = []
+    for item in loaded if isinstance(loaded, list) else []:
+        if (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], int | float)):
+            pairs.append((item[0], float(item[1])))
+    return tuple(pairs[:MAX_POSTERIOR])
 
 
 def verdict_from_row(row: dict[str, Any]) -> StoredVerdict:
@@ -593,6 +615,11 @@ class Repository:
             "group_key": ids.group_key(task.error_id, git_url),
             "source": task.source or "compass-ci", "j": _json_dump(extra)})
 
+    async def update_testing(self, task_id: int, *, commit: str, phase: str) -> None:
+        """The commit a consumer's engine tests now, and in which phase (its only writer)."""
+        await self.db.execute(self._q["update_task_testing"], {
+            "id": task_id, "current_commit": commit, "phase": phase, "progress_ms": now_ms()})
+
     async def update_progress(self, task_id: int, *, current_step: int, steps_estimate: int,
                               candidates_left: int) -> None:
         """Live progress; written by the consumer that owns the task (its only writer)."""
@@ -622,7 +649,10 @@ class Repository:
             "bad_runs": step.bad_runs, "job_id": _s(step.job_id),
             "result_root": _s(step.result_root), "reused": int(step.reused),
             "detail": _s(step.detail), "started_ms": step.started_ms,
-            "duration_ms": step.duration_ms, "created_at": step.created_at or now_s()})
+            "duration_ms": step.duration_ms, "created_at": step.created_at or now_s(),
+            "phase": _s(step.phase),
+            "posterior": json.dumps([[c, round(p, 6)] for c, p in
+                                     step.posterior[:MAX_POSTERIOR]])})
 
     async def steps_of_task(self, task_id: int) -> list[Step]:
         steps: list[Step] = []

@@ -72,7 +72,8 @@ BISECT = Table(
         " known_bad_commit key, good_commit key, owner key, lease_expires_ms bigint,"
         " claims bigint, attempts bigint, cancel_requested bigint, queued_ms bigint,"
         " confidence float, verification key, current_step bigint, steps_estimate bigint,"
-        " candidates_left bigint, progress_ms bigint, end_reason key"
+        " candidates_left bigint, progress_ms bigint, end_reason key, current_commit key,"
+        " phase key"
     ),
     mysql_indexes=(
         # Matches the claim order (priority DESC, queued_ms ASC, id ASC): no filesort, the
@@ -96,7 +97,7 @@ BISECT_STEP = Table(
     _cols(
         "task_id bigint, attempt bigint, seq bigint, commit_sha key, verdict key, runs bigint,"
         " bad_runs bigint, job_id key, result_root text, reused bigint, detail text,"
-        " started_ms bigint, duration_ms bigint, created_at bigint"
+        " started_ms bigint, duration_ms bigint, created_at bigint, phase key, posterior text"
     ),
     mysql_indexes=("KEY idx_task (task_id, attempt, seq)",),
 )

@@ -9,6 +9,7 @@ logged and counted, and the bisection goes on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import structlog
 
 from common.errors import DatabaseUnavailable
 from common.models import Culprit, Step, StoredVerdict, Verdict
-from common.repository import Repository, now_ms, now_s
+from common.repository import MAX_POSTERIOR, Repository, now_ms, now_s
 from consumer.health import Metrics
 
 log = structlog.get_logger(__name__)
@@ -90,6 +91,7 @@ class Recorder:
     # idempotent (deterministic ids), so they are simply tried again later.
     _unwritten: list[tuple[str, Callable[[], Awaitable[None]]]] = field(default_factory=list)
     _last_unavailable: bool = False
+    _last_step: Step | None = None
 
     def __post_init__(self) -> None:
         self.log = log.bind(task_id=self.scope.task_id, attempt=self.scope.attempt)
@@ -103,6 +105,8 @@ class Recorder:
             await self._verdict(event)
         elif kind == "progress":
             await self._progress(event)
+        elif kind == "testing":
+            await self._testing(event)
         elif kind == "result":
             await self._result(event)
         elif kind in ("started", "range"):
@@ -180,7 +184,9 @@ class Recorder:
             job_id=_opt_str(event, "job_id"), result_root=_opt_str(event, "result_root"),
             reused=bool(event.get("reused")),
             detail=detail[:MAX_DETAIL_CHARS] if detail else None,
-            started_ms=now_ms() - duration_ms, duration_ms=duration_ms, created_at=now_s())
+            started_ms=now_ms() - duration_ms, duration_ms=duration_ms, created_at=now_s(),
+            phase=(_opt_str(event, "phase") or "")[:64] or None)
+        self._last_step = step
         self.steps += 1
         if self.metrics is not None and not step.reused:
             self.metrics.step_duration.observe(duration_ms / 1000)
@@ -214,7 +220,32 @@ class Recorder:
             self.log.info("verdict_recorded", commit=verdict.commit,
                           verdict=verdict.verdict.value)
 
+    async def _testing(self, event: dict[str, Any]) -> None:
+        """A test starts: the task row shows the commit under test and the phase."""
+        commit = _commit(event)
+        phase = _opt_str(event, "phase") or ""
+        await self._guard("testing", self.repo.update_testing(
+            self.scope.task_id, commit=commit, phase=phase[:64]))
+
+    async def _posterior(self, event: dict[str, Any]) -> None:
+        """A flaky search's culprit probabilities after the last step: kept on that step."""
+        raw = event.get("posterior")
+        if raw is None or self._last_step is None:
+            return
+        if not isinstance(raw, list):
+            raise InvalidEvent("posterior must be a list of [commit, probability]")
+        pairs = []
+        for item in raw[:MAX_POSTERIOR]:
+            if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                    or isinstance(item[1], bool) or not isinstance(item[1], int | float)):
+                raise InvalidEvent("posterior must be a list of [commit, probability]")
+            pairs.append((item[0], min(1.0, max(0.0, float(item[1])))))
+        step = dataclasses.replace(self._last_step, posterior=tuple(pairs))
+        self._last_step = step
+        await self._keep_trying("step", lambda: self.repo.record_step(step))
+
     async def _progress(self, event: dict[str, Any]) -> None:
+        await self._posterior(event)
         tested = _int(event, "tested", 0)
         left = _int(event, "est_steps_left", 0)
         progress = {"current_step": tested, "steps_estimate": tested + max(0, left),

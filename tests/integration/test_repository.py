@@ -175,3 +175,20 @@ async def test_compass_tables_are_created_with_compass_ci_columns_and_never_alte
                           "related_jobs"}
     assert await repo.create_missing_tables() == []
     assert not any((await repo.check_schema()).values())
+
+
+async def test_steps_keep_their_phase_and_posterior_and_tasks_what_runs_now(
+        repo: Repository) -> None:
+    from common.models import NewTask, Step, Verdict
+    from common.repository import new_task_row
+
+    await repo.insert_tasks([new_task_row(77, NewTask(bad_job_id="j", error_id="e",
+                                                      tester="t"), 1, 1)])
+    await repo.record_step(Step(task_id=77, attempt=1, seq=3, commit="c" * 40,
+                                verdict=Verdict.BAD, phase="search",
+                                posterior=(("a" * 40, 0.75), ("b" * 40, 0.2))))
+    (step,) = await repo.steps_of_task(77)
+    assert step.phase == "search" and step.posterior == (("a" * 40, 0.75), ("b" * 40, 0.2))
+    await repo.update_testing(77, commit="d" * 40, phase="verify")
+    task = await repo.get_task(77)
+    assert task is not None and (task.current_commit, task.phase) == ("d" * 40, "verify")

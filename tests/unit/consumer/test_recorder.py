@@ -27,6 +27,7 @@ class FakeRepo:
         self.verdicts: list[StoredVerdict] = []
         self.progress: list[dict[str, int]] = []
         self.culprits: list[Culprit] = []
+        self.testing: list[dict[str, Any]] = []
         self.regressions: list[tuple[str, dict[str, Any]]] = []
         self.fail = False
 
@@ -40,6 +41,9 @@ class FakeRepo:
 
     async def update_progress(self, task_id: int, **progress: int) -> None:
         self.progress.append({"task_id": task_id, **progress})
+
+    async def update_testing(self, task_id: int, **now: str) -> None:
+        self.testing.append({"task_id": task_id, **now})
 
     async def record_culprit(self, culprit: Culprit) -> None:
         self.culprits.append(culprit)
@@ -238,3 +242,17 @@ def test_build_spec_for_a_compass_task_carries_database_and_scheduler() -> None:
     assert spec["scheduler_url"] == "http://scheduler:3000"
     assert spec["db_url"] == "mysql://u:p%40ss@db:3306/bisect"
     assert "token" not in json.dumps(spec).lower()
+
+
+async def test_the_commit_under_test_the_phase_and_the_posterior_are_recorded() -> None:
+    rec, repo = make()
+    await rec.handle({"event": "testing", "commit": "c1", "phase": "search"})
+    assert repo.testing == [{"task_id": 7, "commit": "c1", "phase": "search"}]
+    await rec.handle({**STEP, "phase": "search"})
+    await rec.handle({"event": "progress", "tested": 1, "candidates_left": 9,
+                      "est_steps_left": 4, "posterior": [["c2", 0.6], ["c3", 0.25]]})
+    first, second = repo.steps
+    assert first.phase == "search" and first.posterior == ()
+    assert (second.seq, second.posterior) == (first.seq, (("c2", 0.6), ("c3", 0.25)))
+    with pytest.raises(InvalidEvent):
+        await rec.handle({"event": "progress", "tested": 1, "posterior": [["c2", "x"]]})
