@@ -19,7 +19,7 @@ from markupsafe import Markup
 from common.errors import ValidationError
 from common.models import Step, Task, TaskStatus
 from common.repository import TaskFilter
-from producer import bisection_picture, bisection_view
+from producer import bisection_picture, bisection_view, dashboard_phase, dashboard_posterior
 from producer.errors import InvalidTransition, TaskNotFound
 from producer.middleware import (
     SESSION_COOKIE,
@@ -138,6 +138,7 @@ class TaskView:
     name: bisection_view.TaskName
     status: str
     phase: str
+    testing: str | None  # the commit under test now, when the consumer recorded it
     progress: str
     percent: int | None
     last: Step | None
@@ -160,7 +161,8 @@ class TaskView:
 def task_view(task: Task, steps: list[Step]) -> TaskView:
     return TaskView(
         task=task, name=bisection_view.task_name(task),
-        status=bisection_view.status_label(task), phase=bisection_view.phase(task, steps),
+        status=bisection_view.status_label(task), phase=dashboard_phase.phase(task, steps),
+        testing=dashboard_phase.testing_now(task),
         progress=bisection_view.progress(task, steps),
         percent=bisection_view.progress_percent(task, steps),
         last=bisection_view.last_tested(steps), range=bisection_view.range_text(task, steps),
@@ -172,19 +174,37 @@ def task_view(task: Task, steps: list[Step]) -> TaskView:
 def _row(view: TaskView) -> dict[str, Any]:
     task = view.task
     return {"link": f"/dashboard/tasks/{task.id}", "name": view.name, "status": view.status,
-            "phase": view.phase, "progress": view.progress, "result": view.result,
+            "phase": view.phase, "testing": view.testing, "progress": view.progress,
+            "result": view.result,
             "priority": task.priority, "started": view.started, "run_time": view.run_time,
             "group": task.group_key, "group_href": _href("/dashboard", {"group": task.group_key})}
 
 
 async def _rows(state: ProducerState, tasks: list[Task]) -> list[dict[str, Any]]:
-    """Rows of the list; only running tasks need their steps (for the phase)."""
+    """Rows of the list; only running tasks need their steps (for the phase and progress
+    of rows written before the phase was recorded, and the step count)."""
     rows = []
     for task in tasks:
         steps = (await state.repo.steps_of_task(task.id)
                  if task.status is TaskStatus.PROCESSING else [])
         rows.append(_row(task_view(task, steps)))
     return rows
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """The picture of a bisection: the strip, the posterior rows under it, and each step's
+    phase in words (the timeline's and the rows' labels)."""
+
+    picture: bisection_picture.Picture
+    posterior: dashboard_posterior.PosteriorRows
+    step_phases: list[str]
+
+
+def drawing(task: Task, steps: list[Step]) -> Drawing:
+    picture = bisection_picture.build(task, steps)
+    phases = dashboard_phase.step_phases(task, steps)
+    return Drawing(picture, dashboard_posterior.build(picture, steps, phases), phases)
 
 
 def _cards(counts: dict[str, int]) -> list[dict[str, Any]]:
@@ -292,10 +312,12 @@ async def task_page(request: web.Request) -> web.Response:
     session = _session(request)
     completed = task.status is TaskStatus.COMPLETED
     git_url = task.git_url or ""
+    drawn = drawing(task, steps)
     return _render(request, "task.html", {
         "page_title": bisection_view.title(task), "task": task,
-        "view": task_view(task, steps), "picture": bisection_picture.build(task, steps),
-        "steps": steps, "result": _result_items(task) if completed else None,
+        "view": task_view(task, steps), "picture": drawn.picture,
+        "posterior": drawn.posterior, "step_phases": drawn.step_phases, "steps": steps,
+        "result": _result_items(task) if completed else None,
         "report": render_report(task, steps) if completed else None,
         "branch": branch_of(task), "repo_link": git_url.startswith(("https://", "http://")),
         "group_href": _href("/dashboard", {"group": task.group_key}),
@@ -313,12 +335,13 @@ async def task_live(request: web.Request) -> web.Response:
     if task is None:
         return error_response(404, f"no task with id {request.match_info['id']}", "id")
     steps = await state.repo.steps_of_task(task.id)
+    drawn = drawing(task, steps)
     return json_response({
         "status": task.status.value, "final": task.status.is_final or not task.status.known,
         "parts": {"live-summary": _macro(request, "summary", task_view(task, steps)),
-                  "live-timeline": _macro(request, "timeline", steps),
-                  "live-picture": _macro(request, "picture",
-                                         bisection_picture.build(task, steps))}})
+                  "live-timeline": _macro(request, "timeline", steps, drawn.step_phases),
+                  "live-picture": _macro(request, "picture", drawn.picture,
+                                         drawn.posterior)}})
 
 
 # ---------------------------------------------------------------- sign-in and forms
