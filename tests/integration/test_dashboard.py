@@ -28,6 +28,19 @@ EVIL_ERR = "<script>alert('err')</script>"
 EVIL_JOB = "<img src=x onerror=alert(1)>"
 LOG_LINE = "foo.c:12: undefined reference to `bar' <b>"
 FLAKY_ERR = "dmesg.kernel_BUG_at_kernel/sched/core.c"
+EVIL_PHASE = "<i>odd_phase</i>"  # a phase a newer engine might send: shown as it is, escaped
+# The flaky search's steps: (commit label, verdict, runs, bad runs, phase), and the culprit
+# probabilities after each search step, converging on f4 ("f2" is never tested: not on the
+# strip; "<good side>" is the engine's "not in the range" hypothesis).
+FLAKY_STEPS = [("f-bad", Verdict.BAD, 3, 2, "check_bad"), ("f1", Verdict.GOOD, 4, 0, "find_good"),
+               ("f5", Verdict.BAD, 4, 1, "search"), ("f3", Verdict.GOOD, 6, 0, "search"),
+               ("f4", Verdict.BAD, 6, 2, "search"), ("f3b", Verdict.GOOD, 8, 0, "verify")]
+FLAKY_POSTERIORS: dict[str, list[tuple[str, float]]] = {
+    "f5": [("f5", 0.30), ("f4", 0.25), ("f2", 0.20), ("f3", 0.15), ("<good side>", 0.10)],
+    "f3": [("f4", 0.55), ("f5", 0.25), ("f2", 0.0), ("<good side>", 0.05)],
+    "f4": [("f4", 0.88), ("f5", 0.08), ("f3b", 0.03)],
+    "f3b": [("f4", 0.93), ("f5", 0.05), ("f3b", 0.005)],
+}
 
 
 def sha(label: str) -> str:
@@ -50,14 +63,23 @@ async def _claim(client: TestClient[Any, Any]) -> dict[str, Any]:
     return task
 
 
+def _commit(label: str) -> str:
+    return label if label.startswith("<") else sha(label)
+
+
 async def _steps(repo: Repository, task: dict[str, Any],
-                 steps: list[tuple[str, Verdict, int, int]]) -> None:
-    for seq, (label, verdict, runs, bad_runs) in enumerate(steps):
+                 steps: list[tuple[str, Verdict, int, int]] | list[
+                     tuple[str, Verdict, int, int, str]],
+                 posteriors: dict[str, list[tuple[str, float]]] | None = None) -> None:
+    for seq, (label, verdict, runs, bad_runs, *phase) in enumerate(steps):
+        posterior = (posteriors or {}).get(label, [])
         await repo.record_step(Step(
             task_id=int(task["id"]), attempt=task["claim"], seq=seq, commit=sha(label),
             verdict=verdict, runs=runs, bad_runs=bad_runs, job_id=f"10{seq}",
             result_root=f"/result/10{seq}", duration_ms=61_000 + seq,
-            detail=LOG_LINE if verdict is Verdict.BAD else None))
+            detail=LOG_LINE if verdict is Verdict.BAD else None,
+            phase=phase[0] if phase else None,
+            posterior=tuple((_commit(c), p) for c, p in posterior)))
 
 
 async def _finish(client: TestClient[Any, Any], task: dict[str, Any],
@@ -103,9 +125,7 @@ async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
 
     flaky = await _claim(client)
     assert flaky["id"] == ids[3]
-    await _steps(repo, flaky, [
-        ("f-bad", Verdict.BAD, 3, 2), ("f1", Verdict.GOOD, 4, 0), ("f5", Verdict.BAD, 4, 1),
-        ("f3", Verdict.GOOD, 6, 0), ("f4", Verdict.BAD, 6, 2), ("f3b", Verdict.GOOD, 8, 0)])
+    await _steps(repo, flaky, FLAKY_STEPS, FLAKY_POSTERIORS)
     await _finish(client, flaky, {
         "bad_commit": sha("f4"), "confidence": 0.93, "verification": "held",
         "subject": "sched: race in wakeup", "runner_up": {"commit": sha("f5"),
@@ -116,12 +136,14 @@ async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
 
     running = await _claim(client)
     assert running["id"] == ids[1]
-    for seq, label in enumerate(("e1", "e2")):
+    for seq, (label, phase) in enumerate((("e1", "find_good"), ("e2", EVIL_PHASE))):
         await repo.record_step(Step(
             task_id=int(running["id"]), attempt=running["claim"], seq=seq, commit=sha(label),
-            verdict=Verdict.GOOD, job_id=EVIL_JOB, duration_ms=5_000))
+            verdict=Verdict.GOOD, job_id=EVIL_JOB, duration_ms=5_000, phase=phase))
     await repo.update_progress(int(running["id"]), current_step=3, steps_estimate=8,
                                candidates_left=12)
+    # What the consumer records when its engine starts the next test.
+    await repo.update_testing(int(running["id"]), commit=sha("e-now"), phase="search")
     return Seeded(completed=ids[0], running=ids[1], waiting=ids[2], flaky=ids[3],
                   running_lease=running["lease"])
 
@@ -148,7 +170,11 @@ async def test_dashboard_lists_tasks_with_names_phases_results_and_escaping(
         assert "lib: drop bar()" in rows and "confidence 97.0%" in rows
         assert "confidence 93.0%" in rows
         # The phase in words and progress in steps (never candidates).
-        assert "searching, 12 candidates left<small>step 3 of ~8</small></div>" in rows
+        # The running task: the phase and the commit under test the consumer recorded.
+        now = sha("e-now")
+        assert ("searching, 12 candidates left<small>step 3 of ~8</small><small class=\"testing\">"
+                f'testing <span class="mono" title="{now}">{now[:12]}</span></small></div>') in rows
+        assert rows.count('class="testing"') == 1  # only the running task tests something
         assert "waiting for a consumer<small>not started</small>" in rows
         assert "finished<small>4 steps</small>" in rows
         assert " left<small>" not in rows.replace("candidates left<small>", "")
@@ -234,6 +260,10 @@ async def test_task_page_shows_picture_range_timeline_result_and_report(
         assert ">first bad<" in strip and strip.count('class="point v-') == 4
         assert 'class="point v-bad culprit"' in strip and "2 runs" in strip
         assert "<script" not in strip
+        # A deterministic search: no posterior rows; steps without a recorded phase show "-".
+        assert 'id="posterior"' not in html and "culprit probability after" not in html
+        assert "per-step culprit probabilities" not in html
+        assert _phases(timeline) == ["-"] * 4
 
         running = await (await client.get(f"/dashboard/tasks/{seeded.running}")).text()
         assert f'data-live="/dashboard/tasks/{seeded.running}/live"' in running
@@ -243,6 +273,13 @@ async def test_task_page_shows_picture_range_timeline_result_and_report(
         assert EVIL_JOB not in running and "&lt;img src=x onerror=alert(1)&gt;" in running
         assert EVIL_ERR not in running
         assert "Sign in with an API token to cancel this task" in running
+        summary = running.split('id="live-summary">')[1].split("</dl>")[0]
+        assert (f'<dt>Testing now</dt><dd id="testing"><span class="mono" title="{sha("e-now")}">'
+                f'{sha("e-now")[:12]}</span></dd>') in summary
+        timeline = running.split('id="live-timeline">')[1].split("</tbody>")[0]
+        assert _phases(timeline) == ["finding a good commit", "&lt;i&gt;odd phase&lt;/i&gt;"]
+        assert EVIL_PHASE not in running
+        assert 'id="posterior"' not in running  # no posterior recorded: no rows
 
         flaky = await (await client.get(f"/dashboard/tasks/{seeded.flaky}")).text()
         strip = flaky.split('<svg id="strip"')[1].split("</svg>")[0]
@@ -251,9 +288,53 @@ async def test_task_page_shows_picture_range_timeline_result_and_report(
         order = [sha(label)[:7] for label in ("f1", "f3", "f3b", "f4", "f5", "f-bad")]
         positions = [strip.index(f">{label}<") for label in order]
         assert positions == sorted(positions)
+        assert _phases(flaky.split('id="live-timeline">')[1].split("</tbody>")[0]) == [
+            "checking the bad commit", "finding a good commit", "searching", "searching",
+            "searching", "verifying the culprit"]
+        _assert_posterior_rows(strip)
 
         missing = await client.get("/dashboard/tasks/999")
         assert missing.status == 404 and "no task with id 999" in await missing.text()
+
+
+def _phases(timeline: str) -> list[str]:
+    return re.findall(r'<td data-label="Phase" class="num"><div>(.*?)</div></td>', timeline)
+
+
+def _cells(row: str) -> list[tuple[int, str, str]]:
+    """(x, commit, percent) of each cell of a posterior row, left to right."""
+    found = re.findall(r'<rect class="p-cell" x="(\d+)"[^>]*><title>after step \d+: '
+                       r'([0-9a-f]{40}) ([^<]+)</title>', row)
+    return [(int(x), commit, percent) for x, commit, percent in found]
+
+
+def _assert_posterior_rows(strip: str) -> None:
+    """The flaky task's rows: one per step with a posterior (steps 3 to 6 of the timeline),
+    each commit at its strip position, the mass converging on the culprit f4."""
+    assert 'id="posterior"' in strip and "culprit probability after each step" in strip
+    rows = strip.split('<g id="posterior"')[1].split('class="posterior-row"')[1:]
+    assert [re.search(r'data-step="(\d+)"', r).group(1) for r in rows  # type: ignore[union-attr]
+            ] == ["3", "4", "5", "6"]
+    assert "after step 6 (verifying the culprit)" in rows[3]
+    culprit = sha("f4")
+    point_x = {commit: int(x) for commit, x in re.findall(
+        r'<title>#\d+ ([0-9a-f]{40}):[^<]*</title>\s*<circle cx="(\d+)"', strip)}
+    for row, labels in zip(rows, FLAKY_POSTERIORS.values(), strict=True):
+        cells = _cells(row)
+        assert all(x + 12 == point_x[commit] for x, commit, _ in cells)  # under its point
+        on_strip = {sha(c) for c, _ in labels if not c.startswith("<") and c != "f2"}
+        assert {commit for _, commit, _ in cells} == on_strip
+        assert sha("f2") not in row and "&lt;good side&gt;" not in row
+    # f4's cell darkens step after step; the first row keeps 30% off the strip (f2, good side).
+    f4 = [next(p for _, c, p in _cells(row) if c == culprit) for row in rows]
+    assert f4 == ["25%", "55%", "88%", "93%"]
+    opacities = [float(re.search(  # type: ignore[union-attr]
+        rf'fill-opacity="([0-9.]+)"><title>after step \d+: {culprit}', row).group(1))
+        for row in rows]
+    assert opacities == sorted(opacities) and opacities[-1] > 0.8
+    assert ">+30%<" in rows[0] and ">+5%<" in rows[1]
+    assert 'text-anchor="end"' not in rows[2]  # all of its mass is on the strip
+    assert "&lt;1%" in rows[3]  # f3b's 0.5 %: shown, not rounded to nothing
 
 
 async def test_task_live_fragment_follows_progress(repo: Repository, db_url: DbUrl) -> None:
@@ -270,10 +351,60 @@ async def test_task_live_fragment_follows_progress(repo: Repository, db_url: DbU
         after = await (await client.get(url)).json()
         assert "step 4 of ~8" in after["parts"]["live-summary"]
         assert "searching, 5 candidates left" in after["parts"]["live-summary"]
+        assert sha("e-now") in after["parts"]["live-summary"]
         assert after["parts"]["live-timeline"].count("<tr>") == 3
         assert after["parts"]["live-picture"].count('class="point v-') == 3
         assert EVIL_JOB not in after["parts"]["live-timeline"]
         assert (await client.get("/dashboard/tasks/999/live")).status == 404
+
+
+async def test_recorded_phase_and_commit_win_over_the_inference(
+        repo: Repository, db_url: DbUrl) -> None:
+    """What the consumer recorded is shown (the steps would say "searching"); a row with
+    nothing recorded (written before the columns existed) falls back to the inference."""
+    async with running_producer(producer_settings(db_url)) as client:
+        seeded = await seed(client, repo)
+        url = f"/dashboard/tasks/{seeded.running}/live"
+        for phase, words in (("verify", "verifying the culprit"), ("head", "checking HEAD"),
+                             ("check_head", "checking HEAD"),
+                             ("find_good", "finding a good commit")):
+            await repo.update_testing(int(seeded.running), commit=sha(f"t-{phase}"),
+                                      phase=phase)
+            summary = (await (await client.get(url)).json())["parts"]["live-summary"]
+            assert f'<dd id="phase">{words}</dd>' in summary
+            assert f'title="{sha(f"t-{phase}")}"' in summary
+            rows = await (await client.get("/dashboard", params={"status": "processing"})).text()
+            assert f"{words}<small>step 3 of ~8</small>" in rows and sha(f"t-{phase}") in rows
+        await repo.update_testing(int(seeded.running), commit=EVIL_JOB, phase=EVIL_PHASE)
+        page = await (await client.get(f"/dashboard/tasks/{seeded.running}")).text()
+        assert "&lt;i&gt;odd phase&lt;/i&gt;" in page and "&lt;img src=x" in page
+        assert EVIL_PHASE not in page and EVIL_JOB not in page
+        await repo.update_testing(int(seeded.running), commit="", phase="")
+        summary = (await (await client.get(url)).json())["parts"]["live-summary"]
+        assert '<dd id="phase">searching, 12 candidates left</dd>' in summary
+        assert "Testing now" not in summary
+
+
+async def test_posterior_rows_of_a_running_flaky_search_are_escaped(
+        repo: Repository, db_url: DbUrl) -> None:
+    """A running task's live picture grows a row per step with a posterior; whatever the
+    engine sent as a phase or a commit is escaped (a commit off the strip is not drawn)."""
+    async with running_producer(producer_settings(db_url)) as client:
+        seeded = await seed(client, repo)
+        await repo.record_step(Step(
+            task_id=int(seeded.running), attempt=1, seq=2, commit=sha("e3"), verdict=Verdict.BAD,
+            runs=3, bad_runs=1, phase=EVIL_PHASE,
+            posterior=((sha("e3"), 0.7), (sha("e1"), 0.2), ("<script>alert(1)</script>", 0.1))))
+        live = await (await client.get(f"/dashboard/tasks/{seeded.running}/live")).json()
+        picture = live["parts"]["live-picture"]
+        assert picture.count('class="posterior-row"') == 1 and 'data-step="3"' in picture
+        assert "after step 3 (&lt;i&gt;odd phase&lt;/i&gt;)" in picture
+        assert "+10% on 1 commit(s) not on the strip" in picture and ">+10%<" in picture
+        assert [commit for _, commit, _ in _cells(picture)] == [sha("e1"), sha("e3")]
+        assert "<script>alert" not in picture and "alert(1)" not in picture
+        assert EVIL_PHASE not in live["parts"]["live-timeline"]
+        page = await (await client.get(f"/dashboard/tasks/{seeded.running}")).text()
+        assert 'id="posterior"' in page and "<script>alert(1)" not in page
 
 
 async def test_report_route(repo: Repository, db_url: DbUrl) -> None:
