@@ -32,9 +32,10 @@ EVIL_PHASE = "<i>odd_phase</i>"  # a phase a newer engine might send: shown as i
 # The flaky search's steps: (commit label, verdict, runs, bad runs, phase), and the culprit
 # probabilities after each search step, converging on f4 ("f2" is never tested: not on the
 # strip; "<good side>" is the engine's "not in the range" hypothesis).
-FLAKY_STEPS = [("f-bad", Verdict.BAD, 3, 2, "check_bad"), ("f1", Verdict.GOOD, 4, 0, "find_good"),
-               ("f5", Verdict.BAD, 4, 1, "search"), ("f3", Verdict.GOOD, 6, 0, "search"),
-               ("f4", Verdict.BAD, 6, 2, "search"), ("f3b", Verdict.GOOD, 8, 0, "verify")]
+FLAKY_STEPS: list[tuple[str, Verdict, int, int, str | None]] = [
+    ("f-bad", Verdict.BAD, 3, 2, "check_bad"), ("f1", Verdict.GOOD, 4, 0, "find_good"),
+    ("f5", Verdict.BAD, 4, 1, "search"), ("f3", Verdict.GOOD, 6, 0, "search"),
+    ("f4", Verdict.BAD, 6, 2, "search"), ("f3b", Verdict.GOOD, 8, 0, "verify")]
 FLAKY_POSTERIORS: dict[str, list[tuple[str, float]]] = {
     "f5": [("f5", 0.30), ("f4", 0.25), ("f2", 0.20), ("f3", 0.15), ("<good side>", 0.10)],
     "f3": [("f4", 0.55), ("f5", 0.25), ("f2", 0.0), ("<good side>", 0.05)],
@@ -68,17 +69,16 @@ def _commit(label: str) -> str:
 
 
 async def _steps(repo: Repository, task: dict[str, Any],
-                 steps: list[tuple[str, Verdict, int, int]] | list[
-                     tuple[str, Verdict, int, int, str]],
+                 steps: list[tuple[str, Verdict, int, int, str | None]],
                  posteriors: dict[str, list[tuple[str, float]]] | None = None) -> None:
-    for seq, (label, verdict, runs, bad_runs, *phase) in enumerate(steps):
+    for seq, (label, verdict, runs, bad_runs, phase) in enumerate(steps):
         posterior = (posteriors or {}).get(label, [])
         await repo.record_step(Step(
             task_id=int(task["id"]), attempt=task["claim"], seq=seq, commit=sha(label),
             verdict=verdict, runs=runs, bad_runs=bad_runs, job_id=f"10{seq}",
             result_root=f"/result/10{seq}", duration_ms=61_000 + seq,
             detail=LOG_LINE if verdict is Verdict.BAD else None,
-            phase=phase[0] if phase else None,
+            phase=phase,
             posterior=tuple((_commit(c), p) for c, p in posterior)))
 
 
@@ -111,8 +111,9 @@ async def seed(client: TestClient[Any, Any], repo: Repository) -> Seeded:
 
     done = await _claim(client)
     assert done["id"] == ids[0]
-    await _steps(repo, done, [("c1", Verdict.GOOD, 2, 0), ("c2", Verdict.SKIP, 2, 0),
-                              ("c4", Verdict.GOOD, 2, 0), ("c3", Verdict.BAD, 2, 2)])
+    # Steps of a row written before phases were recorded: no phase, no posterior.
+    await _steps(repo, done, [("c1", Verdict.GOOD, 2, 0, None), ("c2", Verdict.SKIP, 2, 0, None),
+                              ("c4", Verdict.GOOD, 2, 0, None), ("c3", Verdict.BAD, 2, 2, None)])
     await repo.update_progress(int(done["id"]), current_step=4, steps_estimate=4,
                                candidates_left=1)
     await _finish(client, done, {
