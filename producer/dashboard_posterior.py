@@ -53,7 +53,7 @@ class Row:
 
     @property
     def elsewhere_text(self) -> str:
-        return f"+{_percent(self.elsewhere)}" if self.elsewhere_count else ""
+        return f"+{_percent(self.elsewhere)}" if self.elsewhere > 0 else ""
 
 
 @dataclass(frozen=True)

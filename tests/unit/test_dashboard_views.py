@@ -8,7 +8,13 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from common.models import Step, Task, TaskStatus, Verdict
-from producer import bisection_picture, bisection_view, dashboard
+from producer import (
+    bisection_picture,
+    bisection_view,
+    dashboard,
+    dashboard_phase,
+    dashboard_posterior,
+)
 from producer.sessions import LoginLimiter, SessionStore, csrf_ok
 
 
@@ -96,6 +102,82 @@ def test_strip_of_a_flaky_search_shows_mixed_runs_and_the_result_probabilities()
     running = bisection_picture.build(_task(good_commit="a" * 40), [])
     assert running.given_good == "a" * 40 and running.known_bad == "b" * 40
     assert not running.empty and not running.points
+
+
+def test_recorded_phase_and_commit_are_used_while_processing_only() -> None:
+    steps = [_step(0, "b", Verdict.BAD)]  # the inference alone: finding a good commit
+    running = _task(phase="verify", current_commit="c" * 40, candidates_left=1)
+    assert dashboard_phase.phase(running, steps) == "verifying the culprit"
+    assert dashboard_phase.testing_now(running) == "c" * 40
+    searching = _task(phase="search", current_commit="c" * 40, candidates_left=7)
+    assert dashboard_phase.phase(searching, steps) == "searching, 7 candidates left"
+    assert dashboard_phase.phase(_task(phase="check_head"), steps) == "checking HEAD"
+    assert dashboard_phase.phase(_task(phase="head"), steps) == "checking HEAD"
+    assert dashboard_phase.phase(_task(phase="new_thing"), steps) == "new thing"
+    # Nothing recorded (an older row): inferred as before.
+    assert dashboard_phase.phase(_task(), steps) == "finding a good commit"
+    assert dashboard_phase.testing_now(_task()) is None
+    # A finished task keeps the columns of its last test: not shown.
+    done = _task("completed", phase="verify", current_commit="c" * 40)
+    assert dashboard_phase.phase(done, steps) == "finished"
+    assert dashboard_phase.testing_now(done) is None
+
+
+def test_step_phases_recorded_else_from_the_result() -> None:
+    steps = [Step(task_id=1, attempt=1, seq=0, commit="b" * 40, verdict=Verdict.BAD,
+                  phase="check_bad"), _step(1, "g", Verdict.GOOD), _step(2, "x", Verdict.GOOD)]
+    task = _task("completed", extra={"result": {"tested": [
+        {"commit": "g" * 40, "phase": "find_good"}]}})
+    assert dashboard_phase.step_phases(task, steps) == [
+        "checking the bad commit", "finding a good commit", "-"]
+
+
+def _flaky_step(seq: int, commit: str, posterior: list[tuple[str, float]]) -> Step:
+    return Step(task_id=1, attempt=1, seq=seq, commit=commit * 40, verdict=Verdict.BAD,
+                runs=2, bad_runs=1, phase="search",
+                posterior=tuple((c * 40 if len(c) == 1 else c, p) for c, p in posterior))
+
+
+def test_posterior_rows_sit_under_the_strip_at_each_commits_point() -> None:
+    steps = [_step(0, "b", Verdict.BAD), _step(1, "g", Verdict.GOOD),
+             _flaky_step(2, "m", [("m", 0.5), ("u", 0.3), ("b", 0.2)]),
+             _flaky_step(3, "c", [("c", 0.9), ("m", 0.1), ("<good side>", 0.0)])]
+    task = _task("completed", bad_commit="c" * 40)
+    picture = bisection_picture.build(task, steps)
+    phases = dashboard_phase.step_phases(task, steps)
+    rows = dashboard_posterior.build(picture, steps, phases)
+    at = {p.commit: p.x for p in picture.points}
+    assert [r.step_number for r in rows.rows] == [3, 4] and rows.every == 1
+    first, last = rows.rows
+    assert [c.commit for c in first.cells] == ["m" * 40, "b" * 40]  # strip order; u omitted
+    assert all(c.x + dashboard_posterior.CELL_WIDTH // 2 == at[c.commit] for c in first.cells)
+    assert (first.elsewhere_count, first.elsewhere_text) == (1, "+30%")
+    assert last.elsewhere_count == 1 and last.elsewhere_text == ""  # nothing to say
+    assert [c.commit[0] for c in last.cells] == ["c", "m"]  # the newer bad is right
+    culprit = next(c for c in last.cells if c.commit == "c" * 40)
+    assert culprit.label == "90" and culprit.dark and culprit.opacity > 0.9
+    small = next(c for c in last.cells if c.commit == "m" * 40)
+    assert 0.08 < small.opacity < culprit.opacity and not small.dark
+    assert rows.top >= picture.height and first.y >= rows.top and last.y > first.y
+    assert rows.height >= rows.rows[-1].y + dashboard_posterior.ROW_HEIGHT - rows.top
+
+
+def test_a_deterministic_search_has_no_posterior_rows() -> None:
+    steps = [_step(0, "b", Verdict.BAD), _step(1, "g", Verdict.GOOD), _step(2, "c", Verdict.BAD)]
+    task = _task("completed", bad_commit="c" * 40)
+    picture = bisection_picture.build(task, steps)
+    rows = dashboard_posterior.build(picture, steps, dashboard_phase.step_phases(task, steps))
+    assert rows.rows == () and rows.height == 0
+
+
+def test_many_steps_get_a_row_every_kth_step_and_the_last() -> None:
+    steps = [_flaky_step(i, "c", [("c", i / 40)]) for i in range(40)]
+    picture = bisection_picture.build(_task(), steps)
+    rows = dashboard_posterior.build(picture, steps, ["searching"] * 40)
+    numbers = [r.step_number for r in rows.rows]
+    assert rows.every == 3 and rows.total_steps == 40
+    assert len(numbers) <= dashboard_posterior.MAX_ROWS + 1 and numbers[-1] == 40
+    assert numbers[:3] == [3, 6, 9] and numbers == sorted(set(numbers))
 
 
 def test_sessions_expire_and_csrf_tokens_must_match() -> None:
