@@ -18,8 +18,9 @@ from common.models import Step
 from producer.bisection_picture import Picture
 
 MAX_ROWS = 16  # beyond this, every k-th step (and always the last) gets a row
-ROW_HEIGHT = 16
-CELL_WIDTH = 24
+ROW_HEIGHT = 20
+CELL_HEIGHT = 17
+CELL_WIDTH = 24  # under a strip point (points are 64 apart)
 HEADER = 22  # the caption above the rows
 GAP = 6  # between the strip's part and the caption
 
@@ -67,6 +68,19 @@ class PosteriorRows:
     @property
     def caption_y(self) -> int:
         return self.top + HEADER - 8
+
+    @property
+    def cell_width(self) -> int:
+        return CELL_WIDTH
+
+    @property
+    def cell_height(self) -> int:
+        return CELL_HEIGHT
+
+    @property
+    def text_dy(self) -> int:
+        """From a row's top to its text's baseline (centred in the cell)."""
+        return CELL_HEIGHT - 5
 
 
 def _percent(probability: float) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from common.repository import Repository
 from common.settings import DbUrl
-from tests.integration.test_dashboard import seed
+from tests.integration.test_dashboard import seed, sha
 from tests.producer_support import producer_settings, running_producer
 
 pytestmark = pytest.mark.acceptance
@@ -76,6 +76,9 @@ async def test_dashboard_in_chromium(repo: Repository, db_url: DbUrl, tmp_path: 
                               "1280,1800" if tall else DESKTOP)
             await _screenshot(binary, tmp_path / "profile", url, f"{name}-phone",
                               "390,2400" if tall else PHONE)
+        # What a phone shows first of a flaky task: the strip and the posterior rows.
+        await _screenshot(binary, tmp_path / "profile", pages["task-flaky-completed"],
+                          "task-flaky-completed-phone-first-screen", PHONE)
 
         # What the browser built: the list's result column and phases, each task's strip.
         listing = (await _chromium_run(binary, tmp_path / "profile", pages["dashboard"],
@@ -87,11 +90,21 @@ async def test_dashboard_in_chromium(repo: Repository, db_url: DbUrl, tmp_path: 
                                      pages["task-flaky-completed"], "--dump-dom")).decode()
         assert '<svg id="strip"' in flaky and "first bad" in flaky
         assert "culprit probability" in flaky and "2/6 bad" in flaky
+        # The culprit probability after each step: a row per step with a posterior (the
+        # screenshots task-flaky-completed-* show them under the strip).
+        assert '<g id="posterior"' in flaky and flaky.count('class="posterior-row"') == 4
+        assert "culprit probability after each step" in flaky and 'class="p-cell"' in flaky
+        assert f"after step 6: {sha('f4')} 93%" in flaky
+        assert '<td data-label="Phase" class="num"><div>verifying the culprit</div></td>' in flaky
+        completed = (await _chromium_run(binary, tmp_path / "profile",
+                                         pages["task-completed"], "--dump-dom")).decode()
+        assert '<svg id="strip"' in completed and 'id="posterior"' not in completed
 
         # The running task's page polls its live route in the browser and swaps in fragments.
         dom = (await _chromium_run(binary, tmp_path / "profile", pages["task-running"],
                                    "--dump-dom", "--virtual-time-budget=10000")).decode()
         assert 'data-live-status="ok"' in dom
         assert "step 3 of ~8" in dom and "searching, 12 candidates left" in dom
+        assert f'<dd id="testing"><span class="mono" title="{sha("e-now")}">' in dom
         assert '<svg id="strip"' in dom and 'id="phase"' in dom
         assert "<script>alert" not in dom.split("<script>", 1)[0]
