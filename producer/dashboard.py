@@ -19,7 +19,12 @@ from markupsafe import Markup
 from common.errors import ValidationError
 from common.models import Step, Task, TaskStatus
 from common.repository import TaskFilter
-from producer import bisection_picture, bisection_view, dashboard_phase, dashboard_posterior
+from producer import (
+    bisection_picture,
+    bisection_view,
+    dashboard_phase,
+    dashboard_posterior,
+)
 from producer.errors import InvalidTransition, TaskNotFound
 from producer.middleware import (
     SESSION_COOKIE,
@@ -199,12 +204,20 @@ class Drawing:
     picture: bisection_picture.Picture
     posterior: dashboard_posterior.PosteriorRows
     step_phases: list[str]
+    testing_x: int | None  # the strip point of the commit under test now (a retest)
 
 
 def drawing(task: Task, steps: list[Step]) -> Drawing:
     picture = bisection_picture.build(task, steps)
     phases = dashboard_phase.step_phases(task, steps)
-    return Drawing(picture, dashboard_posterior.build(picture, steps, phases), phases)
+    testing = dashboard_phase.testing_now(task)
+    at = {p.commit: p.x for p in picture.points}
+    if picture.known_bad:
+        at[picture.known_bad] = picture.known_bad_x
+    # A commit tested for the first time is not on the strip yet: the summary names it.
+    testing_x = at.get(testing) if testing else None
+    return Drawing(picture, dashboard_posterior.build(picture, steps, phases), phases,
+                   testing_x)
 
 
 def _cards(counts: dict[str, int]) -> list[dict[str, Any]]:
@@ -315,8 +328,7 @@ async def task_page(request: web.Request) -> web.Response:
     drawn = drawing(task, steps)
     return _render(request, "task.html", {
         "page_title": bisection_view.title(task), "task": task,
-        "view": task_view(task, steps), "picture": drawn.picture,
-        "posterior": drawn.posterior, "step_phases": drawn.step_phases, "steps": steps,
+        "view": task_view(task, steps), "drawn": drawn, "steps": steps,
         "result": _result_items(task) if completed else None,
         "report": render_report(task, steps) if completed else None,
         "branch": branch_of(task), "repo_link": git_url.startswith(("https://", "http://")),
@@ -340,8 +352,7 @@ async def task_live(request: web.Request) -> web.Response:
         "status": task.status.value, "final": task.status.is_final or not task.status.known,
         "parts": {"live-summary": _macro(request, "summary", task_view(task, steps)),
                   "live-timeline": _macro(request, "timeline", steps, drawn.step_phases),
-                  "live-picture": _macro(request, "picture", drawn.picture,
-                                         drawn.posterior)}})
+                  "live-picture": _macro(request, "picture", drawn)}})
 
 
 # ---------------------------------------------------------------- sign-in and forms

@@ -64,6 +64,7 @@ class PosteriorRows:
     height: int  # what the rows add to the picture's height
     every: int  # 1: a row per step; k: a row per k-th step
     total_steps: int  # steps that recorded a posterior
+    likeliest: str | None = None  # the newest row's most likely commit on the strip
 
     @property
     def caption_y(self) -> int:
@@ -134,4 +135,12 @@ def build(picture: Picture, steps: list[Step], phases: list[str]) -> PosteriorRo
                         y=top + HEADER + index * ROW_HEIGHT, cells=cells,
                         elsewhere=sum(hidden), elsewhere_count=len(hidden)))
     height = GAP + HEADER + len(rows) * ROW_HEIGHT + 8
-    return PosteriorRows(tuple(rows), top, height, every, len(numbered))
+    return PosteriorRows(tuple(rows), top, height, every, len(numbered),
+                         _likeliest(rows[-1]))
+
+
+def _likeliest(row: Row) -> str | None:
+    """The commit the newest row gives most probability (a phone scrolls the strip to it
+    while there is no culprit yet)."""
+    best = max(row.cells, key=lambda cell: cell.probability, default=None)
+    return best.commit if best is not None and best.probability > 0 else None

@@ -1,7 +1,9 @@
 (function(){
   var body=document.body, url=body.dataset.live, every=+(body.dataset.every||4000);
-  // On a narrow screen the strip scrolls: bring the culprit into view.
-  var box=document.getElementById("live-picture"), mark=box&&box.querySelector(".culprit");
+  // On a narrow screen the strip scrolls: bring the culprit into view, else the commit
+  // under test, else the newest posterior row's likeliest commit.
+  var box=document.getElementById("live-picture"), mark=box&&(box.querySelector(".culprit")||
+    box.querySelector("#testing-mark")||box.querySelector(".likeliest"));
   if(mark&&box.scrollWidth>box.clientWidth){
     var r=mark.getBoundingClientRect(), b=box.getBoundingClientRect();
     box.scrollLeft+=r.left-b.left-b.width/2+r.width/2;

@@ -304,7 +304,7 @@ def _phases(timeline: str) -> list[str]:
 
 def _cells(row: str) -> list[tuple[int, str, str]]:
     """(x, commit, percent) of each cell of a posterior row, left to right."""
-    found = re.findall(r'<rect class="p-cell" x="(\d+)"[^>]*><title>after step \d+: '
+    found = re.findall(r'<rect class="p-cell(?: likeliest)?" x="(\d+)"[^>]*><title>after step \d+: '
                        r'([0-9a-f]{40}) ([^<]+)</title>', row)
     return [(int(x), commit, percent) for x, commit, percent in found]
 
@@ -336,6 +336,7 @@ def _assert_posterior_rows(strip: str) -> None:
     assert ">+30%<" in rows[0] and ">+5%<" in rows[1]
     assert 'text-anchor="end"' not in rows[2]  # all of its mass is on the strip
     assert "&lt;1%" in rows[3]  # f3b's 0.5 %: shown, not rounded to nothing
+    assert re.search(rf'class="p-cell likeliest"[^>]*><title>after step 6: {culprit} ', rows[3])
 
 
 async def test_task_live_fragment_follows_progress(repo: Repository, db_url: DbUrl) -> None:
@@ -376,6 +377,14 @@ async def test_recorded_phase_and_commit_win_over_the_inference(
             assert f'title="{sha(f"t-{phase}")}"' in summary
             rows = await (await client.get("/dashboard", params={"status": "processing"})).text()
             assert f"{words}<small>step 3 of ~8</small>" in rows and sha(f"t-{phase}") in rows
+        picture = (await (await client.get(url)).json())["parts"]["live-picture"]
+        assert 'id="testing-mark"' not in picture  # a commit not on the strip yet
+        # A retest of a commit on the strip: the strip marks it.
+        await repo.update_testing(int(seeded.running), commit=sha("e2"), phase="search")
+        picture = (await (await client.get(url)).json())["parts"]["live-picture"]
+        x = re.search(rf'#2 {sha("e2")}:[^<]*</title>\s*<circle cx="(\d+)"', picture)
+        assert x is not None and f'<circle cx="{x.group(1)}" cy="58" r="21"' in picture
+        assert 'id="testing-mark"' in picture
         await repo.update_testing(int(seeded.running), commit=EVIL_JOB, phase=EVIL_PHASE)
         page = await (await client.get(f"/dashboard/tasks/{seeded.running}")).text()
         assert "&lt;i&gt;odd phase&lt;/i&gt;" in page and "&lt;img src=x" in page

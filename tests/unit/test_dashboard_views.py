@@ -159,6 +159,7 @@ def test_posterior_rows_sit_under_the_strip_at_each_commits_point() -> None:
     small = next(c for c in last.cells if c.commit == "m" * 40)
     assert 0.08 < small.opacity < culprit.opacity and not small.dark
     assert rows.top >= picture.height and first.y >= rows.top and last.y > first.y
+    assert rows.likeliest == "c" * 40  # the newest row's most likely commit
     assert rows.height >= rows.rows[-1].y + dashboard_posterior.ROW_HEIGHT - rows.top
 
 
