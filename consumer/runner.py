@@ -354,13 +354,14 @@ class BisectionRun:
         await proc.wait()
 
     async def _feed(self, stdin: asyncio.StreamWriter) -> None:
+        """Write the spec as one line and keep the pipe open: the engine stops when it reads
+        end-of-file, which the kernel delivers when this process dies (consumer.engine.
+        lifeline). The pipe closes with the process's transport after the engine exits."""
         try:
             stdin.write(json.dumps(self._spec).encode("utf-8") + b"\n")
             await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             self.log.warning("engine_stdin_closed")
-        finally:
-            stdin.close()
 
     async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
         buffer = bytearray()

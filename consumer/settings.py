@@ -36,7 +36,9 @@ DEFAULT_HTTP_HOST = "0.0.0.0"
 DEFAULT_PRODUCER_TIMEOUT_S = 10.0
 DEFAULT_FINISH_RETRY_S = 300.0
 DEFAULT_LEASE_S = 30.0  # until the producer's first answer says otherwise
-DEFAULT_ENGINE_COMMAND = (sys.executable, "-m", "consumer.engine", "--spec", "-")
+# --stop-on-eof: the engine stops when this consumer's end of its stdin closes (it dies).
+DEFAULT_ENGINE_COMMAND = (sys.executable, "-m", "consumer.engine", "--spec", "-",
+                          "--stop-on-eof")
 DEFAULT_SANDBOX = SandboxMode.AUTO  # tests as BISECT_SANDBOX_USER when root
 # The values .env.example ships with: a deployment that kept them has no secret at all.
 PLACEHOLDER_PREFIX = "change-me"

@@ -36,6 +36,9 @@ __all__ = ["BATCH_GRACE_FRACTION", "BATCH_GRACE_MAX_S", "Bisection", "BudgetSpen
 BATCH_GRACE_FRACTION = 0.5
 BATCH_GRACE_MAX_S = 2.0
 
+# Culprit probabilities a progress event carries (most likely first).
+POSTERIOR_TOP = 20
+
 
 class Bisection:
     """One bisection over a prepared mirror and worktree pool."""
@@ -160,10 +163,13 @@ class Bisection:
                     search.record(pick.commit, outcome, phase=pick.phase)
                     if pick.phase == VERIFY and not outcome.reused:
                         verify_runs += outcome.runs
+                    # Where the culprit probability stands now (the dashboard draws it).
                     self.emit(make_event(
                         PROGRESS, tested=len(self.ev.tested),
                         candidates_left=len(search.model.credible_set(self.limits.confidence)),
                         est_steps_left=math.ceil(search.runs_needed(search.model.rates())),
+                        posterior=[[commit, round(prob, 4)]
+                                   for commit, prob in search.model.ranked(POSTERIOR_TOP)],
                     ))
         finally:
             for task in pending:

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 ENGINE_SOURCE = r'''
 import json, os, signal, subprocess, sys, time
 
-spec = json.loads(sys.stdin.read())
+spec = json.loads(sys.stdin.readline())  # one line; the pipe stays open
 tester = spec["tester"]
 mode = tester.get("mode", "found")
 journal = tester.get("journal")
