@@ -13,13 +13,13 @@ from aioresponses import aioresponses
 
 from common.compass_job import CompassJob, job_row
 from common.repository import Repository
+from consumer.engine import errors as engine_errors
 from consumer.engine.compass_tester import (
     CompassProfile,
     CompassTester,
     RetryPolicy,
     judge,
 )
-from consumer.engine import errors as engine_errors
 from consumer.engine.testers import TesterContext
 from consumer.engine.verdicts import Verdict
 from tests.fake_compass import FakeScheduler, make_fixture_repo
