@@ -1,6 +1,7 @@
 """The picture of one bisection: the tested commits of its range on a strip, coloured by
 verdict with their run counts, the culprit marked, and for a flaky search the culprit
-probabilities the result gives. Geometry only; ``templates/_picture.html`` draws it as SVG.
+probabilities the result gives. Geometry only; the ``picture`` macro of
+``templates/_macros.html`` draws it as SVG.
 
 The step rows do not record where a commit lies in the range (nor the range's size), so the
 strip places tested commits in history order, evenly spaced. That order follows from how a
@@ -147,7 +148,7 @@ def build(task: Task, steps: list[Step]) -> Picture:
 
 def _bars(task: Task, points: tuple[Point, ...]) -> tuple[Bar, ...]:
     """The culprit's probability and the runner-up's, when the result gives a runner-up
-    (a flaky search); per-step probabilities are not recorded."""
+    (a flaky search); the per-step probabilities are drawn by producer/dashboard_posterior.py."""
     runner_up = result_of(task).get("runner_up")
     if not isinstance(runner_up, dict) or task.confidence is None:
         return ()

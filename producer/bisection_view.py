@@ -2,9 +2,10 @@
 the phase it is in, its progress in steps, the range, and its result.
 
 Pure functions of a task and its step rows (no I/O), shared by the pages and their tests.
-The step rows do not say which phase a step belonged to while a task runs (the finished
-result does, in ``result.tested``): the phase of a running task is read from what the steps
-show (no good commit yet: finding one; the search done: verifying, then checking HEAD).
+A running task's phase and each step's phase are recorded (``Task.phase``, ``Step.phase``;
+producer/dashboard_phase.py reads them). For rows written before they were, the phase is
+read from what the steps show (no good commit yet: finding one; the search done: verifying,
+then checking HEAD), and a finished task's from ``result.tested``.
 """
 
 from __future__ import annotations
