@@ -18,6 +18,7 @@ from common.db import Database
 from common.private_db import PrivateDatabaseError, PrivateMariaDB
 from common.repository import Repository
 from common.settings import DbUrl
+from common.urls import canonical_repo_url
 from tests.acceptance.support import (
     API_TOKEN,
     Cluster,
@@ -159,7 +160,8 @@ async def _scenario(cluster: Cluster, server: PrivateMariaDB, tmp_path: Path) ->
     done_s = time.time() - back_at
 
     rows = {int(r["id"]): r for r in task_rows(cluster.db_url)}
-    culprits = {r.path.as_posix(): r.culprit for r in repos}
+    # Repository URLs are stored in their canonical form (file:// for a local path).
+    culprits = {canonical_repo_url(r.path.as_posix()): r.culprit for r in repos}
     by_id = cluster.tasks()
     wrong = {t: (rows[t]["bisect_status"], rows[t]["last_error"]) for t in all_ids
              if rows[t]["bisect_status"] != "completed"
