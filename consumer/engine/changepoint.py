@@ -14,10 +14,11 @@ before the good commit(s)" (the range was given wrong). Runs on commits outside 
 Prior: uniform over the range's commits and the good side (one more hypothesis); ``p``
 and ``q`` independent on the grid :data:`RATES` with ``q < p``: ``p = 1`` (the error always
 shows on a bad commit) with probability :data:`P_ALWAYS`, else uniform; ``q = 0`` (never
-before the regression) with :data:`Q_NEVER`, else uniform. The rates are integrated out on
-the grid, so the posterior of the culprit is exact for this prior whatever rule chose which
-commit to run or when to stop (the likelihood principle): retesting a commit "until the
-error shows" leaves the estimates of ``p`` and ``q`` unbiased in this sense.
+before the regression) with :data:`Q_NEVER`, else uniform up to :data:`Q_MAX`. The rates
+are integrated out on the grid, so the posterior of the culprit is exact for this prior
+whatever rule chose which commit to run or when to stop (the likelihood principle):
+retesting a commit "until the error shows" leaves the estimates of ``p`` and ``q``
+unbiased in this sense.
 
 Commits whose "after" sets of tested commits are equal have equal likelihood, so the
 posterior is kept per *class* of candidates (bitsets over the DAG order), split when a
@@ -39,7 +40,9 @@ GOOD_SIDE = "<good side>"  # the hypothesis "the first bad commit is not in the 
 # rates a user meets (5 %, 10 %, 30 % flakes) and 0 and 1 exactly.
 RATES: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 P_ALWAYS = 0.5  # prior P(p = 1): most tests are deterministic...
-Q_NEVER = 0.3  # ...and P(q = 0): most errors never show before their regression
+# P(q = 0): many errors never show before their regression, but a prior leaning further to
+# q = 0 made false errors on good commits look telling (overconfident where q > 0).
+Q_NEVER = 0.3
 Q_MAX = 0.5  # an error showing in more runs than this before its regression is no regression
 _NEG_INF = float("-inf")
 _LOG_R = tuple(math.log(r) if r > 0 else _NEG_INF for r in RATES)
