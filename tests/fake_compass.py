@@ -12,18 +12,20 @@ prints the error ids it sees, one per line, and its exit code gives the health.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from common.compass_job import SUBMIT_STRIPPED, job_row, source_of
 from common.repository import Repository
@@ -173,6 +175,18 @@ def make_fixture_repo(root: Path, n_commits: int, bad_index: int, errid: str, *,
                                                       index == bad_index else ""))
         commits.append(git("rev-parse", "HEAD"))
     return repo, commits
+
+
+@contextlib.asynccontextmanager
+async def serving(repo: Repository) -> AsyncIterator[tuple[FakeScheduler, str]]:
+    """A fake scheduler writing to ``repo``'s jobs table, serving on loopback: (it, its URL)."""
+    fake = FakeScheduler(repo)
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield fake, str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
 
 
 async def create_compass_tables(repo: Repository) -> None:

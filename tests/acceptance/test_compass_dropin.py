@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from common.repository import Repository, TaskFilter
 from common.schema import REGRESSION
 from common.settings import DbUrl
 from tests.acceptance.support import API_TOKEN, Cluster
 from tests.conftest import url_string
-from tests.fake_compass import FakeScheduler, create_compass_tables, make_fixture_repo
+from tests.fake_compass import create_compass_tables, make_fixture_repo, serving
 from tests.producer_support import compass_job_row, whitelist
 
 pytestmark = pytest.mark.acceptance
@@ -138,15 +137,9 @@ async def site(repo: Repository, tmp_path: Path) -> AsyncIterator[dict[str, Any]
             {"id": task_id, "job": bad_job_id, "errid": error_id, "status": status,
              "at": 1_758_787_600})
     external, external_commits = make_fixture_repo(tmp_path / "ext", 20, 7, EXT)
-    fake = FakeScheduler(repo)
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield {"fake": fake, "url": str(server.make_url("")).rstrip("/"), "commits": commits,
-               "commits_b": commits_b,
+    async with serving(repo) as (fake, url):
+        yield {"fake": fake, "url": url, "commits": commits, "commits_b": commits_b,
                "external": external, "external_commits": external_commits}
-    finally:
-        await server.close()
 
 
 async def test_compass_ci_rows_run_beside_ours_and_its_tables_keep_their_shape(

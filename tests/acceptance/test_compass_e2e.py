@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from common.models import TaskStatus
 from common.repository import Repository, TaskFilter
@@ -21,7 +20,7 @@ from common.settings import DbUrl
 from common.urls import canonical_repo_url
 from tests.acceptance.support import Cluster
 from tests.conftest import url_string
-from tests.fake_compass import FakeScheduler, create_compass_tables, make_fixture_repo
+from tests.fake_compass import create_compass_tables, make_fixture_repo, serving
 from tests.producer_support import compass_job_row, whitelist
 
 pytestmark = pytest.mark.acceptance
@@ -42,14 +41,8 @@ async def site(repo: Repository, tmp_path: Path) -> AsyncIterator[dict[str, Any]
     await repo.insert_job_rows([compass_job_row(BAD_JOB, f"{ERRID} {NOISE}", repo=str(source),
                                                 commit=commits[-1])])
     await whitelist(repo, [ERRID])
-    fake = FakeScheduler(repo)
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield {"fake": fake, "url": str(server.make_url("")).rstrip("/"), "commits": commits,
-               "source": source}
-    finally:
-        await server.close()
+    async with serving(repo) as (fake, url):
+        yield {"fake": fake, "url": url, "commits": commits, "source": source}
 
 
 async def test_a_failed_compass_job_is_bisected_to_its_culprit(

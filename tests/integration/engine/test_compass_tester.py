@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 from aioresponses import aioresponses
 
 from common.compass_job import CompassJob, job_row
@@ -22,7 +21,7 @@ from consumer.engine.compass_tester import (
 )
 from consumer.engine.testers import TesterContext
 from consumer.engine.verdicts import Verdict
-from tests.fake_compass import FakeScheduler, make_fixture_repo
+from tests.fake_compass import make_fixture_repo, serving
 from tests.producer_support import compass_job_row
 
 ERRID = "makepkg.eid.src/foo.c:error:implicit-declaration-of-function"
@@ -38,14 +37,8 @@ async def compass(repo: Repository, tmp_path: Path) -> AsyncIterator[dict[str, A
     source, commits = make_fixture_repo(tmp_path, 10, 6, ERRID)
     bad = compass_job_row(100, ERRID, repo=str(source), commit=commits[-1])
     await repo.insert_job_rows([bad])
-    fake = FakeScheduler(repo)
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield {"fake": fake, "url": str(server.make_url("")).rstrip("/"), "commits": commits,
-               "source": source}
-    finally:
-        await server.close()
+    async with serving(repo) as (fake, url):
+        yield {"fake": fake, "url": url, "commits": commits, "source": source}
 
 
 def make_tester(repo: Repository, url: str, *, timeout: float = 20.0,
