@@ -329,7 +329,8 @@ async def bench_discovery(url: DbUrl, repo: Repository, sizes: Sizes) -> list[Ro
         await repo.insert_regression(Regression(id=number, errid=errid, category="build",
                                                 valid="true"))
     settings = ProducerSettings(db_url=url, discovery_enabled=True,
-                                instance_id="bench-discovery")
+                                instance_id="bench-discovery",
+                                repo_url_allow=("https://gitee.com/src-openeuler/",))
     # The first half sits at ids above ``sizes.jobs`` so the second, older half fits below.
     top = 2 * sizes.jobs
     cursor = top - sizes.new_window
