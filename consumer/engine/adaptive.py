@@ -12,11 +12,17 @@ three things, with no I/O (the engine loop and the simulation both drive it):
   boundary (the culprit and every parent; for :data:`GOOD_SIDE` the good commits) gets at
   least :data:`SIDE_RUNS` usable runs of this bisection (known verdicts do not count), and
   the answer stands only when the posterior, with those runs, reaches the target. A parent
-  that shows the error moves the posterior and the search simply goes on.
+  that shows the error moves the posterior and the search simply goes on. "The good
+  commit is bad" needs :data:`GOOD_SIDE_RUNS` fresh runs there.
 - *when to stop*: the best hypothesis verified at the target (``found``, or
-  ``good_is_bad``); the run budget spent, or the runs so far saying the target is out of
-  reach (the two rates too close: "cannot tell"), ``undecided``; nothing left that could
-  split the likely candidates (untestable commits), ``ambiguous``.
+  ``good_is_bad``); or, when every run agrees with a deterministic test failing from the
+  best hypothesis on, that hypothesis at :data:`CONSISTENT_FLOOR` once its boundary has
+  :data:`CONSISTENT_CULPRIT_RUNS` / :data:`CONSISTENT_PARENT_RUNS` runs of this bisection
+  (a deterministic test gets there in ``ceil(log2 N) + 7`` runs, the bad commit's check
+  included, and reports the posterior, not 100 %); the run budget spent, or the runs so far
+  saying the target is out of reach (the two rates too close: "cannot tell"),
+  ``undecided``; nothing left that could split the likely candidates (untestable
+  commits), ``ambiguous``.
 """
 
 from __future__ import annotations
@@ -37,9 +43,24 @@ from consumer.engine.verdicts import Outcome, Verdict
 
 VERIFY_FROM = 0.5  # verify the best hypothesis once it holds this much probability
 SIDE_RUNS = 2  # usable runs of this bisection on each side of the boundary: one retest
-CONSISTENT_FLOOR = 0.5  # a verified answer every run agrees with stands from this P on
-STOP_MARGIN = 0.5  # the search stops at P >= 1 - (1 - confidence) * this
-GIVE_UP_CHANCE = 0.005  # a testable commit skipped this unlikely often in a row is untestable
+CONSISTENT_FLOOR = 0.5  # a verified answer every run agrees with stands from this P on...
+# ...when its boundary has this many usable runs of this bisection, all agreeing. The search
+# chose the boundary *because* its first runs agreed, so only the retests check it: a flaky
+# test that misses the error on the culprit's parent (rate 1 - p) or shows it on a good
+# culprit (rate q) survives k retests with probability (1 - p)^k or q^k.
+# Three retests each side: a flaky test fools them at most 0.5^6 < 2 % of the time (p = 0.5,
+# q = 0), 0.3^3 < 3 % (q = 0.3); two retests each, the 13-run bound of a deterministic test,
+# let 6-9 % of flaky bisections end on a wrong boundary (bench/engine_calibration.py).
+CONSISTENT_CULPRIT_RUNS = 4
+CONSISTENT_PARENT_RUNS = 4
+CONSISTENT_GOOD_RUNS = 2  # a given good commit outside the range (the user said it is good)
+GOOD_SIDE_RUNS = 3  # "the good commit is bad" needs this many fresh runs there: a false
+# error (rate q) on it twice is not rare enough to overrule the user
+STOP_MARGIN = 0.3  # the search stops at P >= 1 - (1 - confidence) * this
+# A testable commit skipped this unlikely often in a row is untestable. The culprit is tried
+# again and again near the end of a search, so 1 in 200 (4 skips at 25 % noise) gave up on
+# it in 1-3 % of the bisections (answer: ambiguous).
+GIVE_UP_CHANCE = 0.0005
 HOPELESS_AFTER = 60  # usable runs before "cannot tell within the budget" may be said...
 HOPELESS_FACTOR = 3.0  # ...when the runs still needed exceed this many budgets
 _MIN_INFORMATION = 1e-9  # bits: a run worth less tells nothing
@@ -178,15 +199,41 @@ class AdaptiveSearch:
         return tuple(SideRuns(c, role, *self.fresh.get(c, (0, 0)))
                      for c, role in self.sides(hypothesis))
 
-    def _side_done(self, side: SideRuns) -> bool:
+    def _side_done(self, side: SideRuns, *, strict: bool = False) -> bool:
         """A run the verification asked for (a commit the search never ran needs no more),
-        or :data:`SIDE_RUNS` usable runs of this bisection (a retest the search made)."""
+        or :data:`SIDE_RUNS` usable runs of this bisection (a retest the search made).
+
+        ``strict``: the runs an answer resting on agreement alone needs (see
+        :data:`CONSISTENT_CULPRIT_RUNS`); the bad commit as the culprit needs one (no
+        commit is newer, so no false error there can mislead), a good commit outside the
+        range :data:`CONSISTENT_GOOD_RUNS`.
+        """
         if not self.verify or self._given_up(side.commit):
             return True
-        return self.verify_runs.get(side.commit, 0) >= 1 or side.runs >= SIDE_RUNS
+        if side.role == "good":
+            return side.runs >= GOOD_SIDE_RUNS
+        if not (self.verify_runs.get(side.commit, 0) >= 1 or side.runs >= SIDE_RUNS):
+            return False
+        if not strict:
+            return True
+        if side.role == "culprit":
+            need = 1 if side.commit == self.bad else CONSISTENT_CULPRIT_RUNS
+        elif self.model.in_range(side.commit):
+            need = CONSISTENT_PARENT_RUNS
+        else:
+            need = CONSISTENT_GOOD_RUNS
+        # A side the search never ran (its verdict followed from another commit's) is checked
+        # by the retests alone: one fewer, as in the non-strict rule.
+        return side.runs >= need or self.verify_runs.get(side.commit, 0) >= max(need - 1, 1)
 
-    def verified(self, hypothesis: str) -> bool:
-        return all(self._side_done(s) for s in self._side_runs(hypothesis))
+    def verified(self, hypothesis: str, *, strict: bool = False) -> bool:
+        return all(self._side_done(s, strict=strict) for s in self._side_runs(hypothesis))
+
+    def _rests_on_agreement(self, hypothesis: str, prob: float) -> bool:
+        """Whether ``hypothesis`` can only stand as a deterministic test's answer: every run
+        agrees with it, and its probability is below the stopping point."""
+        return (prob < self.stop_at and prob >= CONSISTENT_FLOOR
+                and self.model.consistent_step(hypothesis))
 
     def _given_up(self, commit: str) -> bool:
         counts = self.model.counts.get(commit)
@@ -218,8 +265,9 @@ class AdaptiveSearch:
         picks: list[Pick] = []
         suspect = self.suspect()
         if suspect is not None:
+            strict = self.model.consistent_step(suspect[0]) and suspect[1] < self.stop_at
             for side in self._side_runs(suspect[0]):
-                if not self._side_done(side) and side.commit not in pending:
+                if not self._side_done(side, strict=strict) and side.commit not in pending:
                     picks.append(Pick(side.commit, VERIFY))
         picks = picks[:n]
         if len(picks) < n:
@@ -270,8 +318,8 @@ class AdaptiveSearch:
         # A verified boundary that every run agrees with, as a deterministic test would, is
         # all the runs can say without testing a deterministic test over and over: the
         # answer stands, at the probability the posterior gives it (not 100 %).
-        if self.verified(best) and (prob >= self.stop_at or (
-                prob >= CONSISTENT_FLOOR and self.model.consistent_step(best))):
+        if (prob >= self.stop_at and self.verified(best)) or (
+                self._rests_on_agreement(best, prob) and self.verified(best, strict=True)):
             if best == GOOD_SIDE:
                 return Decision(GOOD_IS_BAD, None, prob, (), self._good_is_bad_reason(rates),
                                 rates, self._side_runs(best))
@@ -324,6 +372,14 @@ class AdaptiveSearch:
                           for s in self._side_runs(GOOD_SIDE))
         return (f"the good commit shows the error ({shown}): the regression is older than the "
                 f"range (the error shows in ~{rates.bad:.0%} of runs on both sides)")
+
+
+def deterministic_run_bound(candidates: int) -> int:
+    """The most runs the default search spends on a deterministic test over ``candidates``
+    commits with none untestable: the bad commit's check, git's halving, and the boundary's
+    retests (:data:`CONSISTENT_CULPRIT_RUNS`, :data:`CONSISTENT_PARENT_RUNS`)."""
+    halving = math.ceil(math.log2(max(candidates, 2)))
+    return 1 + halving + (CONSISTENT_CULPRIT_RUNS - 1) + (CONSISTENT_PARENT_RUNS - 1)
 
 
 # -- the bad commit's check -----------------------------------------------------------------

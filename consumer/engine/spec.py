@@ -23,9 +23,10 @@ class FlakyMode(StrEnum):
     OFF = "off"  # deterministic only: no retests, contradictions end ambiguous
 
 DEFAULT_MAX_GOOD_SEARCH = 1000
-# The default search stops far earlier on most tests: a deterministic one needs about
-# log2(N) + 3 runs, and "cannot tell" comes as soon as the runs show the target is out of
-# reach. The budget is what a hard flaky case (p = 0.5 against q = 0.3) may take.
+# The default search stops far earlier on most tests: a deterministic one needs at most
+# log2(N) + 7 runs (adaptive.deterministic_run_bound), and "cannot tell" comes as soon as
+# the runs show the target is out of reach. The budget is what a hard flaky case (p = 0.5
+# against q = 0.3) may take.
 DEFAULT_RUN_BUDGET = 800
 DEFAULT_DETERMINISTIC_RUN_BUDGET = 60  # limits.flaky = false: git's search
 DEFAULT_CONFIDENCE = 0.95

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from consumer.engine.adaptive import deterministic_run_bound
 from consumer.engine.compare import Answer, engine_answer, git_bisect_run
 from consumer.engine.synthetic import SyntheticRepo, make_repo, plan_history
 
 N = 1000
-BOUND = math.ceil(math.log2(N)) + 3  # runs, the bad-commit check and a fresh retest each side
+# The bad commit's check, the halving and three fresh retests each side of the boundary.
+BOUND = deterministic_run_bound(N)
 
 
 async def _both(tmp_path: Path, bad_index: int, **kw: Any) -> tuple[SyntheticRepo, Answer, Answer]:

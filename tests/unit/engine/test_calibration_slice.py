@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from consumer.engine.adaptive import deterministic_run_bound
 from consumer.engine.simulate import Scenario, Trial, run_trial
 
 TRIALS = 40
@@ -43,13 +44,19 @@ def _wrong_beyond_chance(trials: list[Trial], level: float) -> bool:
 def test_deterministic_cell_is_right_and_cheap() -> None:
     trials = _cell(100, 1.0, 0.0, 0.0)
     assert all(t.right for t in trials)
-    assert max(t.runs for t in trials) <= math.ceil(math.log2(100)) + 3
+    assert max(t.runs for t in trials) <= deterministic_run_bound(100)
 
 
-@pytest.mark.parametrize(("p", "q", "noise"), [(0.8, 0.0, 0.25), (0.5, 0.0, 0.0)])
-def test_flaky_cells_are_mostly_right_and_calibrated(p: float, q: float, noise: float) -> None:
+@pytest.mark.parametrize(("p", "q", "noise"), [
+    (0.8, 0.0, 0.25),  # misses on bad commits, unrelated failures
+    (0.5, 0.0, 0.0),
+    (1.0, 0.3, 0.0),  # false errors on good commits: a deterministic-looking search misleads
+    (0.8, 0.3, 0.25),  # both, the hardest of these for the old one-retest verification
+])
+def test_flaky_cells_are_right_and_calibrated(p: float, q: float, noise: float) -> None:
     trials = _cell(100, p, q, noise)
-    assert sum(t.right for t in trials) >= 0.85 * TRIALS
+    # Issue 14 asks >= 95 % on 200 trials; 37 of 40 leaves room for the sample alone.
+    assert sum(t.right for t in trials) >= 37
     for level in (0.5, 0.8, 0.95):
         assert not _wrong_beyond_chance(trials, level), level
 
