@@ -28,7 +28,7 @@ three things, with no I/O (the engine loop and the simulation both drive it):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from consumer.engine.changepoint import (
@@ -199,32 +199,37 @@ class AdaptiveSearch:
         return tuple(SideRuns(c, role, *self.fresh.get(c, (0, 0)))
                      for c, role in self.sides(hypothesis))
 
-    def _side_done(self, side: SideRuns, *, strict: bool = False) -> bool:
-        """A run the verification asked for (a commit the search never ran needs no more),
-        or :data:`SIDE_RUNS` usable runs of this bisection (a retest the search made).
+    def _side_shortfall(self, side: SideRuns, *, strict: bool = False) -> int:
+        """Runs this side of the boundary still needs (0: verified).
 
+        A run the verification asked for (a commit the search never ran needs no more), or
+        :data:`SIDE_RUNS` usable runs of this bisection (a retest the search made).
         ``strict``: the runs an answer resting on agreement alone needs (see
         :data:`CONSISTENT_CULPRIT_RUNS`); the bad commit as the culprit needs one (no
         commit is newer, so no false error there can mislead), a good commit outside the
-        range :data:`CONSISTENT_GOOD_RUNS`.
+        range :data:`CONSISTENT_GOOD_RUNS`. A side the search never ran (its verdict
+        followed from another commit's) is checked by the retests alone: one fewer.
         """
         if not self.verify or self._given_up(side.commit):
-            return True
+            return 0
         if side.role == "good":
-            return side.runs >= GOOD_SIDE_RUNS
-        if not (self.verify_runs.get(side.commit, 0) >= 1 or side.runs >= SIDE_RUNS):
-            return False
+            return max(0, GOOD_SIDE_RUNS - side.runs)
+        asked = self.verify_runs.get(side.commit, 0)
+        short = 0 if asked >= 1 or side.runs >= SIDE_RUNS else 1
         if not strict:
-            return True
+            return short
         if side.role == "culprit":
             need = 1 if side.commit == self.bad else CONSISTENT_CULPRIT_RUNS
         elif self.model.in_range(side.commit):
             need = CONSISTENT_PARENT_RUNS
         else:
             need = CONSISTENT_GOOD_RUNS
-        # A side the search never ran (its verdict followed from another commit's) is checked
-        # by the retests alone: one fewer, as in the non-strict rule.
-        return side.runs >= need or self.verify_runs.get(side.commit, 0) >= max(need - 1, 1)
+        if side.runs >= need or asked >= max(need - 1, 1):
+            return short
+        return max(short, min(need - side.runs, max(need - 1, 1) - asked))
+
+    def _side_done(self, side: SideRuns, *, strict: bool = False) -> bool:
+        return self._side_shortfall(side, strict=strict) == 0
 
     def verified(self, hypothesis: str, *, strict: bool = False) -> bool:
         return all(self._side_done(s, strict=strict) for s in self._side_runs(hypothesis))
@@ -258,20 +263,24 @@ class AdaptiveSearch:
 
     # -- what next ---------------------------------------------------------------------------
 
-    def next_picks(self, n: int, pending: Set[str] = frozenset()) -> list[Pick]:
-        """Up to ``n`` commits to run now, none of them in ``pending``."""
+    def next_picks(self, n: int, pending: Set[str] | Mapping[str, int] = frozenset()
+                   ) -> list[Pick]:
+        """Up to ``n`` commits to run now. ``pending``: the commits running (a mapping: how
+        many runs of each). A verification side that needs several more runs gets them in
+        as many slots at once; the search proposes no commit that is running."""
         if n <= 0:
             return []
+        running = pending if isinstance(pending, Mapping) else dict.fromkeys(pending, 1)
         picks: list[Pick] = []
         suspect = self.suspect()
         if suspect is not None:
             strict = self.model.consistent_step(suspect[0]) and suspect[1] < self.stop_at
             for side in self._side_runs(suspect[0]):
-                if not self._side_done(side, strict=strict) and side.commit not in pending:
-                    picks.append(Pick(side.commit, VERIFY))
+                more = self._side_shortfall(side, strict=strict) - running.get(side.commit, 0)
+                picks.extend([Pick(side.commit, VERIFY)] * max(more, 0))
         picks = picks[:n]
         if len(picks) < n:
-            taken = set(pending) | {p.commit for p in picks}
+            taken = set(running) | {p.commit for p in picks}
             picks += [Pick(c, SEARCH) for c in self._search_picks(n - len(picks), taken)]
         return picks
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -146,7 +147,7 @@ class Bisection:
                 free = self.limits.slots - len(pending)
                 room = self.ev.budget - self.ev.runs - self.ev.in_flight
                 if decision is None and free > 0 and room > 0:
-                    busy = frozenset(p.commit for p in pending.values())
+                    busy = Counter(p.commit for p in pending.values())
                     for pick in search.next_picks(min(free, room), busy):
                         task = asyncio.create_task(self.ev.evaluate(
                             pick.commit, pick.phase, force=True, budgeted=False))
