@@ -49,8 +49,8 @@ CONSISTENT_FLOOR = 0.5  # a verified answer every run agrees with stands from th
 # test that misses the error on the culprit's parent (rate 1 - p) or shows it on a good
 # culprit (rate q) survives k retests with probability (1 - p)^k or q^k.
 # Three retests each side: a flaky test fools them at most 0.5^6 < 2 % of the time (p = 0.5,
-# q = 0), 0.3^3 < 3 % (q = 0.3); two retests each, the 13-run bound of a deterministic test,
-# let 6-9 % of flaky bisections end on a wrong boundary (bench/engine_calibration.py).
+# q = 0), 0.3^3 < 3 % (q = 0.3); one retest each (13 runs for a deterministic test on 1,000
+# commits) let 6-18 % of flaky bisections end on a wrong boundary (bench/engine_calibration.py).
 CONSISTENT_CULPRIT_RUNS = 4
 CONSISTENT_PARENT_RUNS = 4
 CONSISTENT_GOOD_RUNS = 2  # a given good commit outside the range (the user said it is good)

@@ -163,7 +163,7 @@ async def test_producer_killed_during_discovery_creates_every_task_once(
 
     kills = []
     started = time.monotonic()
-    for fraction in (0.2, 0.6):
+    for fraction in (0.2, 0.5):
         cluster.start_producer(**discovery)
         wait_until(lambda f=fraction: count() >= f * len(expected), 60,
                    f"discovery to reach {fraction:.0%}", interval=0.02)

@@ -26,7 +26,7 @@ GOOD_RUN = Outcome.of(Verdict.GOOD)
 def test_deterministic_runs_within_log2_plus_7_and_not_100_percent(n: int) -> None:
     # The bad commit's check, git's halving, then three retests on each side of the
     # boundary (adaptive.CONSISTENT_CULPRIT_RUNS): what keeps a flaky test's lucky
-    # agreement from naming a wrong commit (two retests in all, the old +3, did in 6-9 %).
+    # agreement from naming a wrong commit (two retests in all, the old +3, did in 6-18 %).
     bound = deterministic_run_bound(n)
     assert bound == math.ceil(math.log2(n)) + 7
     for culprit in sorted({0, 1, n // 3, n // 2, n - 2, n - 1}):
