@@ -411,7 +411,9 @@ class Worker:
 
     def _stop_task(self, task_id: int, reason: str) -> None:
         item = self.running.get(task_id)
-        if item is None:
+        if item is None or item.stop_reason is not None:
+            # Not ours, or already stopping: the producer repeats its order in every
+            # heartbeat answer until the run has ended and the task is finished.
             return
         reason = reason or "stopped"
         if reason == "cancelled":
