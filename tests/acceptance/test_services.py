@@ -208,10 +208,10 @@ async def test_sigkilled_consumer_tasks_come_back_after_the_lease(
     assert sorted(int(e["task_id"]) for e in sweeps) == sorted(held)
     assert all(parse_time(e["timestamp"]) >= killed_at + cluster.lease_s - 1 for e in sweeps)
     # The survivor completed what the victim held; every task was completed exactly once.
+    _assert_each_reported_once(cluster, "completed", ids)  # waits for the log lines
     survivor_done = {int(e["task_id"]) for e in events_named(survivor.service, "task_finished")
                      if e.get("outcome") == "completed"}
     assert set(held) <= survivor_done
-    _assert_each_reported_once(cluster, "completed", ids)
     assert not events_named(survivor.service, "lease_lost")
     _assert_slots_respected(cluster)
     _shutdown_clean(cluster)
@@ -252,11 +252,11 @@ async def test_sigterm_releases_tasks_at_once_and_exits_0(
     for task_id in held:
         task = tasks[task_id]
         assert (task["claims"], task["attempts"]) == (2, 0), task
+    _assert_each_reported_once(cluster, "completed", ids)  # waits for the log lines
     staying_done = {int(e["task_id"]) for e in events_named(staying.service, "task_finished")
                     if e.get("outcome") == "completed"}
     assert set(held) <= staying_done
     assert not events_named(cluster.producer, "lease_expired")
-    _assert_each_reported_once(cluster, "completed", ids)
     _assert_slots_respected(cluster)
     _shutdown_clean(cluster)
 
