@@ -50,7 +50,7 @@ CONSISTENT_FLOOR = 0.5  # a verified answer every run agrees with stands from th
 # culprit (rate q) survives k retests with probability (1 - p)^k or q^k.
 # Three retests each side: a flaky test fools them at most 0.5^6 < 2 % of the time (p = 0.5,
 # q = 0), 0.3^3 < 3 % (q = 0.3); one retest each (13 runs for a deterministic test on 1,000
-# commits) let 6.5-13 % of flaky bisections end on a wrong culprit, two each 2-6 %
+# commits) let 5-12.5 % of flaky bisections end on a wrong culprit, two each 2-4 %
 # (bench/engine_retest_tradeoff.py).
 CONSISTENT_CULPRIT_RUNS = 4
 CONSISTENT_PARENT_RUNS = 4
