@@ -1,12 +1,16 @@
 """Is the default search right, cheap and honest? The calibration grid of issue 14.
 
     nice -n 10 python bench/engine_calibration.py [--trials 200] [--jobs 2] [--sizes 100 1000]
+        [--merges]
 
 Every cell of p (the rate our error shows at and after the first bad commit) x q (its
 rate before it) x noise (runs ending in an unrelated error: skips) x N (commits in the
 range) runs ``--trials`` simulated bisections with the engine's *default* settings
 (:mod:`consumer.engine.simulate`: the engine's own bad-commit check, search, verification
-and stopping rules; only the test is simulated, on a linear history, no git). The culprit
+and stopping rules; only the test is simulated, no git), on a linear history or, with
+``--merges``, on a merge-heavy one (N // 15 side branches of 1-6 commits forked and merged
+back, a different history in every trial: :func:`consumer.engine.synthetic.plan_history`,
+as in ``bench/engine_flaky.py``). The culprit
 is the first commit of the range in 10 % of the trials, the last (the bad commit) in 10 %,
 anywhere else otherwise; three commits near it (not it or its parent) cannot be tested.
 
@@ -59,20 +63,21 @@ class Cell:
         return math.log2(self.n) / capacity(Rates(self.p, self.q)) / (1.0 - self.noise)
 
 
-def scenario(cell: Cell, seed: int) -> Scenario:
+def scenario(cell: Cell, seed: int, merges: bool = False) -> Scenario:
     rng = random.Random(f"{cell}-{seed}")
     draw = rng.random()
     culprit = 0 if draw < 0.1 else cell.n - 1 if draw < 0.2 else rng.randrange(cell.n)
     near = [i for i in range(culprit - 8, culprit + 9)
             if 0 <= i < cell.n - 1 and i not in (culprit, culprit - 1)]
     untestable = frozenset(rng.sample(near, min(UNTESTABLE_NEAR, len(near))))
-    return Scenario(cell.n, culprit, cell.p, cell.q, cell.noise, untestable)
+    return Scenario(cell.n, culprit, cell.p, cell.q, cell.noise, untestable,
+                    merges=cell.n // 15 if merges else 0, history_seed=seed)
 
 
-def run_cell(args: tuple[Cell, int]) -> tuple[Cell, list[Trial], float]:
-    cell, trials = args
+def run_cell(args: tuple[Cell, int, bool]) -> tuple[Cell, list[Trial], float]:
+    cell, trials, merges = args
     started = time.monotonic()
-    results = [run_trial(scenario(cell, seed), seed) for seed in range(trials)]
+    results = [run_trial(scenario(cell, seed, merges), seed) for seed in range(trials)]
     return cell, results, time.monotonic() - started
 
 
@@ -131,11 +136,15 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="cells simulated at once")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000],
                         help="commits in the range (N)")
+    parser.add_argument("--merges", action="store_true",
+                        help="merge-heavy histories (N // 15 side branches) instead of linear")
     args = parser.parse_args()
     cells = [Cell(n, p, q, noise) for n in args.sizes for p in P_VALUES for q in Q_VALUES
              for noise in NOISE if q <= p]
     started = time.monotonic()
-    print(f"{len(cells)} cells x {args.trials} trials, default settings (confidence 0.95)\n")
+    shape = "merge-heavy" if args.merges else "linear"
+    print(f"{len(cells)} cells x {args.trials} trials, {shape} histories, default settings "
+          f"(confidence 0.95)\n")
     print("| N | p | q | noise | right | other answers | runs mean | runs p95 | "
           "info limit | mean / limit | right at >= 0.5 / 0.8 / 0.95 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -144,7 +153,7 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         # The slowest cells (no signal, or far from it) first: the grid ends sooner.
         slowest_first = sorted(cells, key=lambda c: -min(c.limit() * c.n, 1e12))
-        futures = [pool.submit(run_cell, (c, args.trials)) for c in slowest_first]
+        futures = [pool.submit(run_cell, (c, args.trials, args.merges)) for c in slowest_first]
         for future in as_completed(futures):  # a row as soon as its cell is done
             cell, results, took = future.result()
             line, accurate, calibrated = row(cell, results, took)

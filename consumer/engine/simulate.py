@@ -1,11 +1,17 @@
-"""A fast simulation of the default search on a linear history: no git, no processes.
+"""A fast simulation of the default search: no git, no processes.
 
 The bad-commit check, the search, the verification and the stopping rules are those of
 the engine (:mod:`consumer.engine.adaptive`); only the test is simulated: a run at commit
-``i`` of a range ``0..n-1`` (``n - 1`` the bad commit, the good commit before ``0``) ends
-in an unrelated error with probability ``noise`` (a skip), is skipped at an untestable
-commit, and otherwise shows our error with probability ``p`` when ``i >= culprit`` and
-``q`` before. ``culprit = -1`` makes the good commit itself bad.
+``i`` of a range ``0..n-1`` (``n - 1`` the bad commit, the good commit outside the range)
+ends in an unrelated error with probability ``noise`` (a skip), is skipped at an
+untestable commit, and otherwise shows our error with probability ``p`` when the culprit
+is an ancestor-or-self of ``i`` and ``q`` otherwise. ``culprit = -1`` makes the good commit
+itself bad.
+
+The history is linear (commit ``i``'s parent is ``i - 1``, the good commit before ``0``)
+or, with ``merges``, the merge-heavy history of :func:`consumer.engine.synthetic.plan_history`
+(side branches forked and merged back; indices in creation order, every commit an ancestor
+of the bad one, the good commit its root).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from consumer.engine.adaptive import AdaptiveSearch, Decision, reproduced
 from consumer.engine.changepoint import GOOD_SIDE
 from consumer.engine.dag import Dag
 from consumer.engine.spec import DEFAULT_CONFIDENCE, DEFAULT_RUN_BUDGET
+from consumer.engine.synthetic import plan_history
 from consumer.engine.verdicts import Outcome, Verdict
 
 GOOD = "good"
@@ -32,6 +39,8 @@ class Scenario:
     q: float  # P(the error shows) before it
     noise: float = 0.0  # P(an unrelated error): the run is a skip
     untestable: frozenset[int] = frozenset()  # commits whose runs always skip
+    merges: int = 0  # side branches merged back (0: a linear history)
+    history_seed: int = 0  # which merge-heavy history (with merges)
 
 
 @dataclass(frozen=True)
@@ -52,16 +61,52 @@ def linear_dag(n: int) -> Dag:
     return Dag({name(i): (name(i - 1),) for i in range(n)})
 
 
+@lru_cache(maxsize=8)
+def merge_history(n: int, merges: int, seed: int) -> tuple[tuple[tuple[int, ...], ...],
+                                                            tuple[int, ...]]:
+    """Parents of commits ``0..n-1`` (-1: the good commit) and each commit's ancestors-or-
+    self as a bitset (bit ``i`` for commit ``i``)."""
+    planned = plan_history(n + 1, merges, seed)  # index 0 is the good commit
+    parents = tuple(tuple(j - 1 for j in ps) for ps in planned[1:])
+    ancestors: list[int] = []
+    for i, ps in enumerate(parents):
+        bits = 1 << i
+        for j in ps:
+            if j >= 0:
+                bits |= ancestors[j]
+        ancestors.append(bits)
+    return parents, tuple(ancestors)
+
+
+def history(s: Scenario) -> tuple[Dag, Callable[[int], bool]]:
+    """The range's DAG, and whether a commit is after the culprit (the culprit an
+    ancestor-or-self of it)."""
+    if not s.merges:
+        return linear_dag(s.n), lambda i: i >= s.culprit
+    _, ancestors = merge_history(s.n, s.merges, s.history_seed)
+    dag = merge_dag(s.n, s.merges, s.history_seed)
+    if s.culprit < 0:
+        return dag, lambda i: True
+    return dag, lambda i: bool(ancestors[i] >> s.culprit & 1)
+
+
+@lru_cache(maxsize=8)
+def merge_dag(n: int, merges: int, seed: int) -> Dag:
+    parents, _ = merge_history(n, merges, seed)
+    return Dag({name(i): tuple(name(j) for j in parents[i]) for i in range(n)})
+
+
 def run_trial(s: Scenario, seed: int, *, confidence: float = DEFAULT_CONFIDENCE,
               budget: int = DEFAULT_RUN_BUDGET,
               trace: Callable[[str], None] | None = None) -> Trial:
     """One simulated bisection; ``trace`` gets a line per run (for debugging)."""
     rng = random.Random(seed)
+    dag, is_after = history(s)
 
     def run(i: int) -> Outcome:
         if rng.random() < s.noise or i in s.untestable:
             return Outcome.of(Verdict.SKIP)
-        shows = rng.random() < (s.p if i >= s.culprit else s.q)
+        shows = rng.random() < (s.p if is_after(i) else s.q)
         return Outcome.of(Verdict.BAD if shows else Verdict.GOOD)
 
     bad = s.n - 1
@@ -74,7 +119,7 @@ def run_trial(s: Scenario, seed: int, *, confidence: float = DEFAULT_CONFIDENCE,
         bad_runs += outcome.verdict is Verdict.BAD
     if not state:
         return Trial("not_reproduced", None, 0.0, len(check), False)
-    search = AdaptiveSearch(linear_dag(s.n), name(bad), [GOOD], confidence=confidence)
+    search = AdaptiveSearch(dag, name(bad), [GOOD], confidence=confidence)
     for outcome in check:
         search.record(name(bad), outcome)
     index = {name(i): i for i in range(-1, s.n)}
@@ -114,4 +159,5 @@ def _trial(d: Decision, s: Scenario, runs: int, index: dict[str, int]) -> Trial:
     return Trial(d.status, None, d.confidence, runs, False)
 
 
-__all__ = ["GOOD", "GOOD_SIDE", "Scenario", "Trial", "linear_dag", "run_trial"]
+__all__ = ["GOOD", "GOOD_SIDE", "Scenario", "Trial", "history", "linear_dag", "merge_dag",
+           "run_trial"]
