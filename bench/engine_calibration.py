@@ -1,7 +1,7 @@
 """Is the default search right, cheap and honest? The calibration grid of issue 14.
 
     nice -n 10 python bench/engine_calibration.py [--trials 200] [--jobs 2] [--sizes 100 1000]
-        [--merges]
+        [--merges] [--p 0.5] [--q 0.3] [--noise 0] [--known-rates]
 
 Every cell of p (the rate our error shows at and after the first bad commit) x q (its
 rate before it) x noise (runs ending in an unrelated error: skips) x N (commits in the
@@ -20,6 +20,10 @@ against the information limit ``log2 N / C(p, q) / (1 - noise)`` (C the capacity
 binary channel a run is), and calibration: among answers reported at >= c, how many were
 right, for c = 0.5, 0.8, 0.95; a cell is *calibrated* when no level has more wrong answers
 than a binomial at the stated confidence gives with 1 % probability.
+
+``--known-rates`` is a diagnostic, not the engine: the model is told p and q (its prior
+put on the true rates), which separates the runs spent learning the rates from the
+search's own cost. ``--p``, ``--q`` and ``--noise`` pick cells.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consumer.engine.changepoint import Rates, capacity
+import consumer.engine.changepoint as changepoint
+from consumer.engine.changepoint import RATES, Rates, capacity
 from consumer.engine.simulate import Scenario, Trial, run_trial
 
 P_VALUES = (1.0, 0.8, 0.5, 0.3)
@@ -74,8 +79,19 @@ def scenario(cell: Cell, seed: int, merges: bool = False) -> Scenario:
                     merges=cell.n // 15 if merges else 0, history_seed=seed)
 
 
-def run_cell(args: tuple[Cell, int, bool]) -> tuple[Cell, list[Trial], float]:
-    cell, trials, merges = args
+def tell_rates(cell: Cell | None) -> None:
+    """Put the model's prior on the cell's true rates (None: the engine's own prior)."""
+    if cell is None:
+        changepoint._U, changepoint._V = changepoint._prior_weights()
+    else:
+        changepoint._U = tuple(float(r == cell.p) for r in RATES)
+        changepoint._V = tuple(float(r == cell.q) for r in RATES)
+    changepoint.class_likelihood.cache_clear()
+
+
+def run_cell(args: tuple[Cell, int, bool, bool]) -> tuple[Cell, list[Trial], float]:
+    cell, trials, merges, known_rates = args
+    tell_rates(cell if known_rates else None)
     started = time.monotonic()
     results = [run_trial(scenario(cell, seed, merges), seed) for seed in range(trials)]
     return cell, results, time.monotonic() - started
@@ -138,13 +154,22 @@ def main() -> int:
                         help="commits in the range (N)")
     parser.add_argument("--merges", action="store_true",
                         help="merge-heavy histories (N // 15 side branches) instead of linear")
+    parser.add_argument("--p", type=float, nargs="+", default=P_VALUES, help="cells: p")
+    parser.add_argument("--q", type=float, nargs="+", default=Q_VALUES, help="cells: q")
+    parser.add_argument("--noise", type=float, nargs="+", default=NOISE, help="cells: noise")
+    parser.add_argument("--known-rates", action="store_true",
+                        help="diagnostic: tell the model p and q (cells with q < p only)")
     args = parser.parse_args()
-    cells = [Cell(n, p, q, noise) for n in args.sizes for p in P_VALUES for q in Q_VALUES
-             for noise in NOISE if q <= p]
+    off_grid = [r for r in (*args.p, *args.q) if r not in RATES]
+    if args.known_rates and off_grid:
+        parser.error(f"--known-rates: {off_grid} not on the model's rate grid {RATES}")
+    cells = [Cell(n, p, q, noise) for n in args.sizes for p in args.p for q in args.q
+             for noise in args.noise if q < p or (q == p and not args.known_rates)]
     started = time.monotonic()
     shape = "merge-heavy" if args.merges else "linear"
+    told = ", the model TOLD the rates (diagnostic)" if args.known_rates else ""
     print(f"{len(cells)} cells x {args.trials} trials, {shape} histories, default settings "
-          f"(confidence 0.95)\n")
+          f"(confidence 0.95){told}\n")
     print("| N | p | q | noise | right | other answers | runs mean | runs p95 | "
           "info limit | mean / limit | right at >= 0.5 / 0.8 / 0.95 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -153,7 +178,8 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         # The slowest cells (no signal, or far from it) first: the grid ends sooner.
         slowest_first = sorted(cells, key=lambda c: -min(c.limit() * c.n, 1e12))
-        futures = [pool.submit(run_cell, (c, args.trials, args.merges)) for c in slowest_first]
+        futures = [pool.submit(run_cell, (c, args.trials, args.merges, args.known_rates))
+                   for c in slowest_first]
         for future in as_completed(futures):  # a row as soon as its cell is done
             cell, results, took = future.result()
             line, accurate, calibrated = row(cell, results, took)

@@ -87,7 +87,7 @@ def history(s: Scenario) -> tuple[Dag, Callable[[int], bool]]:
     dag = merge_dag(s.n, s.merges, s.history_seed)
     if s.culprit < 0:
         return dag, lambda i: True
-    return dag, lambda i: bool(ancestors[i] >> s.culprit & 1)
+    return dag, lambda i: i >= 0 and bool(ancestors[i] >> s.culprit & 1)  # -1: the good commit
 
 
 @lru_cache(maxsize=8)

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from consumer.engine.adaptive import deterministic_run_bound
-from consumer.engine.simulate import Scenario, Trial, run_trial
+from consumer.engine.simulate import Scenario, Trial, history, merge_history, run_trial
 
 TRIALS = 40
 
@@ -67,3 +67,29 @@ def test_no_signal_cell_mostly_names_no_commit() -> None:
     trials = [run_trial(Scenario(30, 12, 0.3, 0.3), seed, budget=300) for seed in range(8)]
     assert sum(t.status in ("undecided", "good_is_bad") for t in trials) >= 6
     assert not any(t.status == "found" and t.confidence >= 0.95 for t in trials)
+
+
+def test_merge_history_marks_only_descendants_of_the_culprit_as_after() -> None:
+    # A commit on a side branch forked before the culprit is not after it until the merge.
+    parents, _ = merge_history(100, 6, 0)
+    merge = next(i for i, ps in enumerate(parents) if len(ps) == 2)
+    main_parent, side_tip = parents[merge]
+    culprit = main_parent  # the mainline commit just before the merge
+    dag, is_after = history(Scenario(100, culprit, 1.0, 0.0, merges=6))
+    assert dag.parents(f"c{merge}") == (f"c{main_parent}", f"c{side_tip}")
+    assert is_after(culprit) and is_after(merge) and is_after(99)
+    assert not is_after(side_tip)  # forked before the culprit, merged after it
+    assert not is_after(-1)  # the good commit
+
+
+@pytest.mark.parametrize(("p", "q", "noise"), [(1.0, 0.0, 0.0), (0.8, 0.0, 0.25), (0.8, 0.1, 0.0)])
+def test_merge_heavy_cells_are_right_and_calibrated(p: float, q: float, noise: float) -> None:
+    trials = []
+    for seed in range(TRIALS):
+        rng = random.Random(f"merges-{p}-{q}-{noise}-{seed}")
+        culprit = rng.randrange(100)
+        trials.append(run_trial(Scenario(100, culprit, p, q, noise, merges=6,
+                                         history_seed=seed), seed))
+    assert sum(t.right for t in trials) >= (TRIALS if p == 1.0 else 37)
+    for level in (0.5, 0.8, 0.95):
+        assert not _wrong_beyond_chance(trials, level), level
