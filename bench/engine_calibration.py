@@ -12,7 +12,7 @@ and stopping rules; only the test is simulated, no git), on a linear history or,
 back, a different history in every trial: :func:`consumer.engine.synthetic.plan_history`,
 as in ``bench/engine_flaky.py``). The culprit
 is the first commit of the range in 10 % of the trials, the last (the bad commit) in 10 %,
-anywhere else otherwise; three commits near it (not it or its parent) cannot be tested.
+anywhere else otherwise; three commits near it (not it or its parents) cannot be tested.
 
 Per cell: how often the named culprit is right, what else was answered (wrong culprit,
 good_is_bad, undecided = "cannot tell", ambiguous, not reproduced), the runs (mean, p95)
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import consumer.engine.changepoint as changepoint
 from consumer.engine.changepoint import RATES, Rates, capacity
-from consumer.engine.simulate import Scenario, Trial, run_trial
+from consumer.engine.simulate import Scenario, Trial, merge_history, run_trial
 
 P_VALUES = (1.0, 0.8, 0.5, 0.3)
 Q_VALUES = (0.0, 0.05, 0.1, 0.3)
@@ -72,11 +72,17 @@ def scenario(cell: Cell, seed: int, merges: bool = False) -> Scenario:
     rng = random.Random(f"{cell}-{seed}")
     draw = rng.random()
     culprit = 0 if draw < 0.1 else cell.n - 1 if draw < 0.2 else rng.randrange(cell.n)
+    merge_count = cell.n // 15 if merges else 0
+    # The culprit and its parents stay testable: else no run could tell them apart, and
+    # "ambiguous" would be the right answer.
+    boundary = {culprit, culprit - 1}
+    if merge_count and culprit >= 0:
+        boundary = {culprit, *merge_history(cell.n, merge_count, seed)[0][culprit]}
     near = [i for i in range(culprit - 8, culprit + 9)
-            if 0 <= i < cell.n - 1 and i not in (culprit, culprit - 1)]
+            if 0 <= i < cell.n - 1 and i not in boundary]
     untestable = frozenset(rng.sample(near, min(UNTESTABLE_NEAR, len(near))))
     return Scenario(cell.n, culprit, cell.p, cell.q, cell.noise, untestable,
-                    merges=cell.n // 15 if merges else 0, history_seed=seed)
+                    merges=merge_count, history_seed=seed)
 
 
 def tell_rates(cell: Cell | None) -> None:
