@@ -1,7 +1,7 @@
 """Is the default search right, cheap and honest? The calibration grid of issue 14.
 
     nice -n 10 python bench/engine_calibration.py [--trials 200] [--jobs 2] [--sizes 100 1000]
-        [--merges] [--p 0.5] [--q 0.3] [--noise 0] [--known-rates]
+        [--merges] [--p 0.5] [--q 0.3] [--noise 0] [--known-rates] [--q-never 0.3]
 
 Every cell of p (the rate our error shows at and after the first bad commit) x q (its
 rate before it) x noise (runs ending in an unrelated error: skips) x N (commits in the
@@ -23,7 +23,9 @@ than a binomial at the stated confidence gives with 1 % probability.
 
 ``--known-rates`` is a diagnostic, not the engine: the model is told p and q (its prior
 put on the true rates), which separates the runs spent learning the rates from the
-search's own cost. ``--p``, ``--q`` and ``--noise`` pick cells.
+search's own cost. ``--q-never`` replaces the prior ``P(q = 0)``
+(:data:`consumer.engine.changepoint.Q_NEVER`) to compare priors on the same seeds. ``--p``,
+``--q`` and ``--noise`` pick cells.
 """
 
 from __future__ import annotations
@@ -85,8 +87,11 @@ def scenario(cell: Cell, seed: int, merges: bool = False) -> Scenario:
                     merges=merge_count, history_seed=seed)
 
 
-def tell_rates(cell: Cell | None) -> None:
-    """Put the model's prior on the cell's true rates (None: the engine's own prior)."""
+def tell_rates(cell: Cell | None, q_never: float | None = None) -> None:
+    """Put the model's prior on the cell's true rates (None: the engine's own prior, with
+    ``q_never`` for P(q = 0) when given)."""
+    if q_never is not None:
+        changepoint.Q_NEVER = q_never
     if cell is None:
         changepoint._U, changepoint._V = changepoint._prior_weights()
     else:
@@ -95,9 +100,10 @@ def tell_rates(cell: Cell | None) -> None:
     changepoint.class_likelihood.cache_clear()
 
 
-def run_cell(args: tuple[Cell, int, bool, bool]) -> tuple[Cell, list[Trial], float]:
-    cell, trials, merges, known_rates = args
-    tell_rates(cell if known_rates else None)
+def run_cell(args: tuple[Cell, int, bool, bool, float | None]
+             ) -> tuple[Cell, list[Trial], float]:
+    cell, trials, merges, known_rates, q_never = args
+    tell_rates(cell if known_rates else None, q_never)
     started = time.monotonic()
     results = [run_trial(scenario(cell, seed, merges), seed) for seed in range(trials)]
     return cell, results, time.monotonic() - started
@@ -165,6 +171,8 @@ def main() -> int:
     parser.add_argument("--noise", type=float, nargs="+", default=NOISE, help="cells: noise")
     parser.add_argument("--known-rates", action="store_true",
                         help="diagnostic: tell the model p and q (cells with q < p only)")
+    parser.add_argument("--q-never", type=float, default=None,
+                        help="diagnostic: the prior P(q = 0) instead of the engine's")
     args = parser.parse_args()
     off_grid = [r for r in (*args.p, *args.q) if r not in RATES]
     if args.known_rates and off_grid:
@@ -174,6 +182,8 @@ def main() -> int:
     started = time.monotonic()
     shape = "merge-heavy" if args.merges else "linear"
     told = ", the model TOLD the rates (diagnostic)" if args.known_rates else ""
+    if args.q_never is not None:
+        told += f", prior P(q = 0) = {args.q_never} (diagnostic)"
     print(f"{len(cells)} cells x {args.trials} trials, {shape} histories, default settings "
           f"(confidence 0.95){told}\n")
     print("| N | p | q | noise | right | other answers | runs mean | runs p95 | "
@@ -184,8 +194,8 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         # The slowest cells (no signal, or far from it) first: the grid ends sooner.
         slowest_first = sorted(cells, key=lambda c: -min(c.limit() * c.n, 1e12))
-        futures = [pool.submit(run_cell, (c, args.trials, args.merges, args.known_rates))
-                   for c in slowest_first]
+        futures = [pool.submit(run_cell, (c, args.trials, args.merges, args.known_rates,
+                                          args.q_never)) for c in slowest_first]
         for future in as_completed(futures):  # a row as soon as its cell is done
             cell, results, took = future.result()
             line, accurate, calibrated = row(cell, results, took)
