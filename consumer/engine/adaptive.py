@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from consumer.engine.changepoint import (
     GOOD_SIDE,
     ChangePoint,
+    Counts,
     Rates,
     capacity,
 )
@@ -63,7 +64,14 @@ STOP_MARGIN = 0.3  # the search stops at P >= 1 - (1 - confidence) * this
 # it in 1-3 % of the bisections (answer: ambiguous).
 GIVE_UP_CHANCE = 0.0005
 HOPELESS_AFTER = 60  # usable runs before "cannot tell within the budget" may be said...
-HOPELESS_FACTOR = 3.0  # ...when the runs still needed exceed this many budgets
+HOPELESS_FACTOR = 3.0  # ...when the runs still needed exceed this many budgets...
+# ...and the rates that judgement rests on were measured where no hypothesis doubts the
+# side: this many usable runs at the bad commit and at each good commit. Runs elsewhere
+# belong to p or q only through the posterior, and a search that wandered can misread
+# them: on 1,000 commits (p = 0.5, q = 0.1, 25 % noise), 5 of 100 bisections said "cannot
+# tell" after 400-700 runs, their q read as 0.4 from a good commit that showed the error
+# in 2 of 4 runs. 20 runs tell q from q + 0.2 at the issue's smallest signal.
+RATE_CHECK_RUNS = 20
 _MIN_INFORMATION = 1e-9  # bits: a run worth less tells nothing
 
 FOUND = "found"
@@ -131,6 +139,8 @@ class AdaptiveSearch:
         self._halving: DeterministicSearch | None = DeterministicSearch(dag, bad)
         self._halving_found: str | None = None  # its answer, cached (it costs O(N))
         self._seen: dict[str, Verdict] = {}
+        # The ends of the range to run before "cannot tell" may be said (set by decision)
+        self._rate_check: list[str] = []
 
     # -- evidence ----------------------------------------------------------------------------
 
@@ -282,6 +292,10 @@ class AdaptiveSearch:
         picks = picks[:n]
         if len(picks) < n:
             taken = set(running) | {p.commit for p in picks}
+            check = [c for c in self._rate_check if c not in taken][:n - len(picks)]
+            picks += [Pick(c, SEARCH) for c in check]
+            taken |= set(check)
+        if len(picks) < n:
             picks += [Pick(c, SEARCH) for c in self._search_picks(n - len(picks), taken)]
         return picks
 
@@ -337,10 +351,12 @@ class AdaptiveSearch:
         if runs_used >= budget:
             return self._undecided(f"run budget of {budget} runs spent", rates, prob)
         needed = self.runs_needed(rates)
-        if self.usable >= HOPELESS_AFTER and runs_used + needed > HOPELESS_FACTOR * budget:
+        hopeless = self.usable >= HOPELESS_AFTER and runs_used + needed > HOPELESS_FACTOR * budget
+        self._rate_check = self._rates_unchecked() if hopeless else []
+        if hopeless and not self._rate_check:
             return self._undecided(
-                f"about {needed:.0f} more runs would be needed, over the run budget of {budget}",
-                rates, prob)
+                f"about {needed:.0f} more runs would be needed, over the run budget of {budget}"
+                f" ({self._ends_shown()})", rates, prob)
         if exhausted or self._stuck():
             credible = tuple(c for c in self.model.credible_set(self.target) if c != GOOD_SIDE)
             return Decision(
@@ -349,6 +365,24 @@ class AdaptiveSearch:
                 f"commits?); {len(credible)} candidate(s) hold {self.target:.0%} of the "
                 f"probability, the first at {prob:.3f}", rates)
         return None
+
+    def _rates_unchecked(self) -> list[str]:
+        """The bad commit and the good commits short of :data:`RATE_CHECK_RUNS` usable runs
+        (known verdicts count: their side is as certain), unless they keep skipping."""
+        short = []
+        for commit in (self.bad, *self.goods):
+            counts = self.model.counts.get(commit, Counts())
+            if counts.runs < RATE_CHECK_RUNS and counts.skips < 2 * RATE_CHECK_RUNS:
+                short.append(commit)
+        return short
+
+    def _ends_shown(self) -> str:
+        def shown(commit: str) -> str:
+            counts = self.model.counts.get(commit, Counts())
+            return f"{commit[:12]} in {counts.bad_runs} of {counts.runs}"
+        ends = ", ".join(shown(g) for g in self.goods)
+        return f"the error showed at the bad commit {shown(self.bad)} runs" + (
+            f", at the good commit {ends}" if ends else "")
 
     def _stuck(self) -> bool:
         """Whether the likely candidates hold the target (with the stopping margin) but no
