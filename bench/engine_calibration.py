@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import consumer.engine.changepoint as changepoint
 from consumer.engine.changepoint import RATES, Rates, capacity
 from consumer.engine.simulate import Scenario, Trial, merge_history, run_trial
+from consumer.engine.spec import DEFAULT_RUN_BUDGET
 
 P_VALUES = (1.0, 0.8, 0.5, 0.3)
 Q_VALUES = (0.0, 0.05, 0.1, 0.3)
@@ -100,12 +101,13 @@ def tell_rates(cell: Cell | None, q_never: float | None = None) -> None:
     changepoint.class_likelihood.cache_clear()
 
 
-def run_cell(args: tuple[Cell, int, bool, bool, float | None]
+def run_cell(args: tuple[Cell, int, bool, bool, float | None, int]
              ) -> tuple[Cell, list[Trial], float]:
-    cell, trials, merges, known_rates, q_never = args
+    cell, trials, merges, known_rates, q_never, budget = args
     tell_rates(cell if known_rates else None, q_never)
     started = time.monotonic()
-    results = [run_trial(scenario(cell, seed, merges), seed) for seed in range(trials)]
+    results = [run_trial(scenario(cell, seed, merges), seed, budget=budget)
+               for seed in range(trials)]
     return cell, results, time.monotonic() - started
 
 
@@ -173,6 +175,8 @@ def main() -> int:
                         help="diagnostic: tell the model p and q (cells with q < p only)")
     parser.add_argument("--q-never", type=float, default=None,
                         help="diagnostic: the prior P(q = 0) instead of the engine's")
+    parser.add_argument("--budget", type=int, default=DEFAULT_RUN_BUDGET,
+                        help=f"the run budget (default: the engine's, {DEFAULT_RUN_BUDGET})")
     args = parser.parse_args()
     off_grid = [r for r in (*args.p, *args.q) if r not in RATES]
     if args.known_rates and off_grid:
@@ -184,6 +188,8 @@ def main() -> int:
     told = ", the model TOLD the rates (diagnostic)" if args.known_rates else ""
     if args.q_never is not None:
         told += f", prior P(q = 0) = {args.q_never} (diagnostic)"
+    if args.budget != DEFAULT_RUN_BUDGET:
+        told += f", run budget {args.budget}"
     print(f"{len(cells)} cells x {args.trials} trials, {shape} histories, default settings "
           f"(confidence 0.95){told}\n")
     print("| N | p | q | noise | right | other answers | runs mean | runs p95 | "
@@ -195,7 +201,7 @@ def main() -> int:
         # The slowest cells (no signal, or far from it) first: the grid ends sooner.
         slowest_first = sorted(cells, key=lambda c: -min(c.limit() * c.n, 1e12))
         futures = [pool.submit(run_cell, (c, args.trials, args.merges, args.known_rates,
-                                          args.q_never)) for c in slowest_first]
+                                          args.q_never, args.budget)) for c in slowest_first]
         for future in as_completed(futures):  # a row as soon as its cell is done
             cell, results, took = future.result()
             line, accurate, calibrated = row(cell, results, took)
