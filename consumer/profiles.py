@@ -22,7 +22,7 @@ COMPASS = "compass"
 KINDS = frozenset({"command", "compass"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 # Keys that are about this consumer, not about how a commit is judged.
-_CONSUMER_KEYS = frozenset({"slots"})
+_CONSUMER_KEYS = frozenset({"slots", "run_budget"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class TesterProfile:
     kind: str
     options: Mapping[str, Any] = field(default_factory=dict)
     slots: int | None = None
+    # The most test runs one bisection may spend with this tester: the default when a task
+    # asks for none, the cap when it asks for more (each run is a job on the site's CI).
+    run_budget: int | None = None
 
     def tester_spec(self) -> dict[str, Any]:
         """The ``tester`` object of the engine spec."""
@@ -94,9 +97,14 @@ def _validate(name: str, raw: Any, variable: str) -> TesterProfile:
     if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int)
                               or slots < 1):
         raise ConfigError(f"{where}: slots must be a positive integer")
+    run_budget = raw.get("run_budget")
+    if run_budget is not None and (isinstance(run_budget, bool) or not isinstance(run_budget, int)
+                                   or run_budget < 1):
+        raise ConfigError(f"{where}: run_budget must be a positive integer")
     options = {k: v for k, v in raw.items() if k not in _CONSUMER_KEYS and k != "name"}
     options["kind"] = kind
-    return TesterProfile(name=name, kind=kind, options=options, slots=slots)
+    return TesterProfile(name=name, kind=kind, options=options, slots=slots,
+                         run_budget=run_budget)
 
 
 def parse_profiles(text: str, variable: str) -> dict[str, TesterProfile]:

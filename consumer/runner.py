@@ -81,6 +81,17 @@ def task_timeout_s(task_timeout: float | None, consumer_timeout_s: float) -> flo
     return min(float(task_timeout), consumer_timeout_s)
 
 
+def run_budget(asked: Any, tester_budget: int) -> Any:
+    """The runs a bisection may spend: the tester's budget, or less if the task asks for
+    less (a submitter cannot spend more of the site's CI than the tester allows). A value
+    that is not a positive integer is passed on for the engine to reject by name."""
+    if asked is None:
+        return tester_budget
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked >= 1:
+        return min(asked, tester_budget)
+    return asked
+
+
 class SpecError(BisectError):
     """The task cannot be turned into an engine spec (e.g. no repository URL)."""
 
@@ -96,6 +107,8 @@ def build_spec(task: ClaimedTask, profile: TesterProfile, *, settings: ConsumerS
     limits: dict[str, Any] = dict(raw_limits) if isinstance(raw_limits, dict) else {}
     if profile.slots is not None:
         limits.setdefault("slots", profile.slots)
+    if profile.run_budget is not None:
+        limits["run_budget"] = run_budget(limits.get("run_budget"), profile.run_budget)
     tester = profile.tester_spec()
     spec: dict[str, Any] = {
         "task_id": task.id,

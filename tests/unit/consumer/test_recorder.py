@@ -230,6 +230,25 @@ def test_build_spec() -> None:
                    settings=settings, known_verdicts=[], work_dir="/w")
 
 
+@pytest.mark.parametrize(("asked", "spent"), [
+    (None, 2000),  # the tester's budget is the default...
+    (300, 300),  # ...a task may ask for fewer runs...
+    (5000, 2000),  # ...never for more
+    ("many", "many"),  # not a number: the engine rejects it, naming limits.run_budget
+])
+def test_the_testers_run_budget_is_the_default_and_the_cap(asked: object, spent: object
+                                                           ) -> None:
+    settings = ConsumerSettings.from_env({"BISECT_CACHE_DIR": "/cache"})
+    limits = {} if asked is None else {"run_budget": asked}
+    task = ClaimedTask(id=7, claim=2, bad_job_id="j", error_id="e.1", git_url="/repo",
+                       known_bad_commit="bad", tester="demo", extra={"limits": limits})
+    profile = profiles.TesterProfile("demo", "command", {"kind": "command", "command": ["t"]},
+                                     run_budget=2000)
+    spec = build_spec(task, profile, settings=settings, known_verdicts=[], work_dir="/w")
+    assert spec["limits"]["run_budget"] == spent
+    assert spec["tester"] == {"kind": "command", "command": ["t"], "name": "demo"}
+
+
 def test_build_spec_for_a_compass_task_carries_database_and_scheduler() -> None:
     settings = ConsumerSettings.from_env({
         "BISECT_DB_URL": "mysql://u:p%40ss@db:3306/bisect",
