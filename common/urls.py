@@ -13,6 +13,7 @@ drops a trailing ``.git`` so that every spelling of a repository shares one mirr
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -166,8 +167,12 @@ class AllowRule:
         return f"{self.scheme}://{self.host}{port}{self.path}"
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_allow_rule(entry: str, variable: str = "BISECT_REPO_URL_ALLOW") -> AllowRule:
-    """``https://host[:port][/path/]``, ``ssh://host/path``, ``file:///dir`` or ``/dir``."""
+    """``https://host[:port][/path/]``, ``ssh://host/path``, ``file:///dir`` or ``/dir``.
+
+    Cached: every submitted URL is checked against the configured entries, and parsing
+    them again for each item was a fifth of a batch submit's validation."""
     text = entry.strip()
     try:
         if text.startswith("/") or text.lower().startswith("file:"):

@@ -24,6 +24,8 @@ _TESTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A commit-ish git will not take for an option: no leading '-', no spaces or control chars.
 _REV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./^~@{}-]{0,254}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+_URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_URL_SPACE = re.compile(r"\s")  # str.isspace, every Unicode space
 _STATUS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 _CURSOR = re.compile(r"^(\d{1,19})\.(\d{1,19})$")
 
@@ -132,9 +134,9 @@ def parse_submit(body: Any, repo_url_allow: tuple[str, ...], *,
     repo_url = _opt_str(data, "repo_url")
     if repo_url is not None:
         _unicode(repo_url, "repo_url")
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in repo_url):
+        if _URL_CONTROL.search(repo_url):
             raise ValidationError("repo_url", "must not contain NUL or control characters")
-        if any(ch.isspace() for ch in repo_url):
+        if _URL_SPACE.search(repo_url):
             raise ValidationError("repo_url", "must be a URL without spaces")
         # Parsed and allowed by scheme, exact host and a segment-boundary path prefix (never
         # a string prefix); the canonical form is what is stored and fetched.
