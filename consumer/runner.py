@@ -30,6 +30,7 @@ from common.errors import BisectError
 from common.models import FinishOutcome, StoredVerdict
 from consumer.client import ClaimedTask
 from consumer.engine.sandbox import PASS_ENV_ENV, parse_pass_env, set_parent_death_signal
+from consumer.engine.spec import DEFAULT_DETERMINISTIC_RUN_BUDGET
 from consumer.profiles import TesterProfile
 from consumer.recorder import InvalidEvent, Recorder
 from consumer.redact import Scrubber, secrets_in
@@ -108,7 +109,10 @@ def build_spec(task: ClaimedTask, profile: TesterProfile, *, settings: ConsumerS
     if profile.slots is not None:
         limits.setdefault("slots", profile.slots)
     if profile.run_budget is not None:
-        limits["run_budget"] = run_budget(limits.get("run_budget"), profile.run_budget)
+        asked = limits.get("run_budget")
+        if asked is None and limits.get("flaky") is False:
+            asked = DEFAULT_DETERMINISTIC_RUN_BUDGET  # git's search keeps its own cap
+        limits["run_budget"] = run_budget(asked, profile.run_budget)
     tester = profile.tester_spec()
     spec: dict[str, Any] = {
         "task_id": task.id,

@@ -25,8 +25,10 @@ class FlakyMode(StrEnum):
 DEFAULT_MAX_GOOD_SEARCH = 1000
 # The default search stops far earlier on most tests: a deterministic one needs at most
 # log2(N) + 7 runs (adaptive.deterministic_run_bound), and "cannot tell" comes as soon as
-# the runs show the target is out of reach. The budget is what a hard flaky case (p = 0.5
-# against q = 0.3) may take.
+# the runs show the target is out of reach. 800 runs are not all that a hard flaky case
+# takes: a 20-point rise (p = 0.5 against q = 0.3) is named in 38-73 % of the bisections
+# within them and the rest end `undecided` (BENCHMARKS.md, calibration grid). A site sets
+# its own per tester (`run_budget` in BISECT_TESTERS: consumer/profiles.py).
 DEFAULT_RUN_BUDGET = 800
 DEFAULT_DETERMINISTIC_RUN_BUDGET = 60  # limits.flaky = false: git's search
 DEFAULT_CONFIDENCE = 0.95

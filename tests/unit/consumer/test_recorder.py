@@ -13,6 +13,7 @@ from common.repository import Repository
 from consumer import profiles
 from consumer import recorder as recorder_module
 from consumer.client import ClaimedTask
+from consumer.engine.spec import DEFAULT_DETERMINISTIC_RUN_BUDGET
 from consumer.recorder import InvalidEvent, Recorder, RecorderScope
 from consumer.runner import STOP_SHUTDOWN, RunResult, SpecError, build_spec, decide
 from consumer.settings import ConsumerSettings, TimeoutAction
@@ -247,6 +248,17 @@ def test_the_testers_run_budget_is_the_default_and_the_cap(asked: object, spent:
     spec = build_spec(task, profile, settings=settings, known_verdicts=[], work_dir="/w")
     assert spec["limits"]["run_budget"] == spent
     assert spec["tester"] == {"kind": "command", "command": ["t"], "name": "demo"}
+
+
+def test_a_testers_run_budget_does_not_lift_gits_search_cap() -> None:
+    settings = ConsumerSettings.from_env({"BISECT_CACHE_DIR": "/cache"})
+    task = ClaimedTask(id=7, claim=2, bad_job_id="j", error_id="e.1", git_url="/repo",
+                       known_bad_commit="bad", tester="demo", extra={"limits": {"flaky": False}})
+    for budget, spent in ((2000, DEFAULT_DETERMINISTIC_RUN_BUDGET), (10, 10)):
+        profile = profiles.TesterProfile("demo", "command", {"command": ["t"]},
+                                         run_budget=budget)
+        spec = build_spec(task, profile, settings=settings, known_verdicts=[], work_dir="/w")
+        assert spec["limits"] == {"flaky": False, "run_budget": spent}
 
 
 def test_build_spec_for_a_compass_task_carries_database_and_scheduler() -> None:
