@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"most test runs (default {DEFAULT_RUN_BUDGET}; the search stops "
                              f"far earlier unless the test is very flaky; "
                              f"{DEFAULT_DETERMINISTIC_RUN_BUDGET} with --no-flaky)")
+    parser.add_argument("--time-budget", type=float, metavar="S",
+                        help="seconds the whole bisection may take: no test starts that would "
+                             "likely end after it, and the answer says what the runs so far "
+                             "can (default: no limit)")
     parser.add_argument("--slots", type=int, default=1, metavar="N", help="tests run at once")
     flaky = parser.add_mutually_exclusive_group()
     flaky.add_argument("--flaky", dest="flaky", action="store_const", const=True,
@@ -136,6 +140,8 @@ def spec_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, An
     }
     if args.run_budget is not None:
         limits["run_budget"] = args.run_budget
+    if args.time_budget is not None:
+        limits["time_budget_s"] = args.time_budget
     if args.head_check:
         limits["head_check"] = _local_rev(args.repo, args.head_check)
     known = (read_known_verdicts(args.known_verdicts, tester_fingerprint(tester), args.error_id)
@@ -241,7 +247,9 @@ class HumanPrinter:
                           f"~{rates['good']:.0%} before it")
             check = event["verification"]
             if check:
-                held = "held" if check["held"] else "FAILED"
+                # Not "failed": with a flaky test a parent that shows the error now and then
+                # is expected, and the confidence above already weighs those runs.
+                held = "held" if check["held"] else "not clean"
                 self._say(f"verification {held}: {check['detail']}")
             if event.get("head"):
                 head = event["head"]
@@ -250,7 +258,7 @@ class HumanPrinter:
         elif event["status"] == "good_is_bad":
             self._say(f"the good commit is bad too: {event['reason']}")
         elif event["status"] == "undecided":
-            self._say(f"cannot tell ({event['status']}): {event['reason']}")
+            self._say(f"undecided: {event['reason']}")
             for commit in event["candidates"][:10]:
                 self._say(f"  likely: {commit}")
         else:

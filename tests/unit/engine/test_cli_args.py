@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import io
+
 import pytest
 
-from consumer.engine.cli import parse_args, spec_from_args
+from consumer.engine.cli import HumanPrinter, parse_args, spec_from_args
 from consumer.engine.spec import parse_spec
 
 
@@ -35,3 +37,19 @@ def test_bad_input_exits_2_with_a_message(
         parse_args(argv)
     assert caught.value.code == 2
     assert "bisect-run" in capsys.readouterr().err
+
+
+def test_a_boundary_that_ran_against_the_answer_is_not_called_failed() -> None:
+    """A flaky test's parent may show the error now and then: the summary says the
+    verification is not clean and why, beside the confidence that weighs those runs."""
+    stream = io.StringIO()
+    detail = ("culprit 6f7103332226 showed the error in 9 of 14 fresh runs; parent "
+              "896a58673310 showed the error in 2 of 19 fresh runs")
+    HumanPrinter(stream)({
+        "event": "result", "status": "found", "first_bad_commit": "6f7103332226" + "0" * 28,
+        "subject": "c37", "author": "t <a@b>", "date": "2026-11-30T22:09:28+00:00",
+        "confidence": 0.986, "verification": {"held": False, "detail": detail, "runs": 33},
+        "runs": 114})
+    out = stream.getvalue()
+    assert f"verification not clean: {detail}" in out
+    assert "FAILED" not in out and "confidence: 0.986" in out
