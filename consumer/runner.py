@@ -82,6 +82,27 @@ def task_timeout_s(task_timeout: float | None, consumer_timeout_s: float) -> flo
     return min(float(task_timeout), consumer_timeout_s)
 
 
+# The engine's time budget ends this long before the consumer kills it: time for a test
+# that runs longer than the ones before it, and for the answer to be written.
+ENGINE_TIME_MARGIN_FRACTION = 0.05
+ENGINE_TIME_MARGIN_MIN_S = 60.0
+
+
+def engine_time_budget(asked: Any, timeout_s: float) -> Any:
+    """The ``limits.time_budget_s`` of a bisection the consumer kills after ``timeout_s``:
+    the task's own, if it asks less, else the timeout less a margin, so that the engine
+    answers with what its runs can say (``undecided``, the likely candidates) instead of
+    being killed with nothing. A value that is not a positive number is passed on for the
+    engine to reject by name."""
+    margin = max(ENGINE_TIME_MARGIN_MIN_S, ENGINE_TIME_MARGIN_FRACTION * timeout_s)
+    limit = max(timeout_s - margin, timeout_s / 2)
+    if asked is None:
+        return limit
+    if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
+        return min(float(asked), limit)
+    return asked
+
+
 def run_budget(asked: Any, tester_budget: int) -> Any:
     """The runs a bisection may spend: the tester's budget, or less if the task asks for
     less (a submitter cannot spend more of the site's CI than the tester allows). A value
@@ -113,6 +134,11 @@ def build_spec(task: ClaimedTask, profile: TesterProfile, *, settings: ConsumerS
         if asked is None and limits.get("flaky") is False:
             asked = DEFAULT_DETERMINISTIC_RUN_BUDGET  # git's search keeps its own cap
         limits["run_budget"] = run_budget(asked, profile.run_budget)
+    if settings.timeout_action is TimeoutAction.FAIL:
+        # A site that retries a timed-out task (BISECT_TIMEOUT_ACTION=retry) lets a long
+        # bisection go on over several attempts: no time budget then.
+        limits["time_budget_s"] = engine_time_budget(
+            limits.get("time_budget_s"), task_timeout_s(task.timeout, settings.task_timeout_s))
     tester = profile.tester_spec()
     spec: dict[str, Any] = {
         "task_id": task.id,

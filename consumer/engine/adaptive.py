@@ -331,11 +331,12 @@ class AdaptiveSearch:
 
     # -- when to stop ------------------------------------------------------------------------
 
-    def decision(self, *, runs_used: int, budget: int, exhausted: bool = False
-                 ) -> Decision | None:
+    def decision(self, *, runs_used: int, budget: int, exhausted: bool = False,
+                 time_spent: str | None = None) -> Decision | None:
         """The answer when the search should stop now, else None.
 
         ``exhausted``: nothing more can be run (no pick left), so an answer is due.
+        ``time_spent``: the time budget is spent (the reason says so), likewise.
         """
         best, prob = self.suspect() or self.model.best()
         rates = self.model.rates()
@@ -350,6 +351,8 @@ class AdaptiveSearch:
             return Decision(FOUND, best, prob, (best,), None, rates, self._side_runs(best))
         if runs_used >= budget:
             return self._undecided(f"run budget of {budget} runs spent", rates, prob)
+        if time_spent is not None:
+            return self._undecided(time_spent, rates, prob)
         needed = self.runs_needed(rates)
         hopeless = self.usable >= HOPELESS_AFTER and runs_used + needed > HOPELESS_FACTOR * budget
         self._rate_check = self._rates_unchecked() if hopeless else []

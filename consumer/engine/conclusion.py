@@ -70,10 +70,11 @@ def not_reproduced(ev: Evidence, bad: str) -> BisectResult:
     """The result when the bad commit did not come back bad."""
     outcome = ev.outcomes[bad]
     what = f"error {ev.spec.error_id}" if ev.spec.error_id else "the failure"
+    spent = f" ({ev.spent()} before it showed)" if ev.out_of_time() else ""
     return finish(
         ev,
         Status.NOT_REPRODUCED,
-        reason=f"{what} did not reproduce at the bad commit {bad[:12]}: "
+        reason=f"{what} did not reproduce at the bad commit {bad[:12]}{spent}: "
         f"{outcome.verdict.value} ({outcome.detail[:300]})",
     )
 
@@ -96,7 +97,7 @@ async def conclude_bayesian(
         )
     reason = found.reason
     if budget_hit or found.status is SearchStatus.UNFINISHED:
-        reason = f"run budget of {ev.budget} runs spent: {reason}"
+        reason = f"{ev.spent()}: {reason}"
     # candidates: the credible set, most likely first; confidence: the first's probability
     return finish(ev, Status.AMBIGUOUS, reason=reason, candidates=found.candidates,
                   goods=goods, confidence=round(found.confidence, 6))
@@ -199,7 +200,8 @@ async def head_check(ev: Evidence, culprit: str, rate: float | None) -> HeadChec
 
     A deterministic test needs one usable run; a flaky one (``rate`` = the estimated
     reproduction rate) runs until a bad run, or until enough good runs make it unlikely
-    the error merely failed to show. Head runs are outside the run budget.
+    the error merely failed to show. Head runs are outside the run budget, not the time
+    budget: once it is spent the head's status is unknown.
     """
     revision = ev.spec.head_revision
     if revision is None:
@@ -213,6 +215,8 @@ async def head_check(ev: Evidence, culprit: str, rate: float | None) -> HeadChec
     needed = 1 if rate is None else flaky.good_runs_needed(rate, ev.limits.confidence)
     attempts = 0
     while True:
+        if ev.out_of_time():  # the answer is due: the head stays untold
+            return HeadCheck(commit=head, status=flaky.HEAD_UNKNOWN, runs=ev.runs - runs_before)
         outcome = await ev.evaluate(head, "head", force=attempts > 0, budgeted=False)
         attempts += 1
         status = flaky.head_status(ev.tally.get(head, flaky.Tally().add(outcome)),

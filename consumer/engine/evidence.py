@@ -7,6 +7,7 @@ events. The range finder, the search loop and the conclusion all read the same r
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import structlog
@@ -23,7 +24,18 @@ log = structlog.get_logger(__name__)
 
 
 class BudgetSpent(Exception):
-    """The run budget does not allow another test."""
+    """The run budget (or the time budget) does not allow another test."""
+
+
+def duration_text(seconds: float) -> str:
+    """``4 h``, ``1 h 30 min``, ``90 s``: a time budget as a person writes it."""
+    total = round(seconds)
+    if total < 120:
+        return f"{total} s"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h" + (f" {minutes} min" if minutes else "")
 
 
 class Evidence:
@@ -61,6 +73,31 @@ class Evidence:
         self.runs = 0
         self.in_flight = 0
         self._seq = 0
+        self._started = time.monotonic()
+        self._tests = 0  # tests run to the end, and their wall time: what the next one takes
+        self._test_seconds = 0.0
+
+    def out_of_time(self) -> bool:
+        """Whether a test started now would likely end after the time budget (a test takes
+        the mean wall time of those so far)."""
+        limit = self.limits.time_budget_s
+        if limit is None:
+            return False
+        expected = self._test_seconds / self._tests if self._tests else 0.0
+        return time.monotonic() - self._started + expected > limit
+
+    def room(self) -> int:
+        """Runs that may still start: the run budget left, none once time is up."""
+        if self.out_of_time():
+            return 0
+        return self.budget - self.runs - self.in_flight
+
+    def spent(self) -> str:
+        """Which budget stopped the bisection, for its reason."""
+        limit = self.limits.time_budget_s
+        if limit is not None and self.out_of_time():
+            return f"time budget of {duration_text(limit)} spent ({self.runs} runs)"
+        return f"run budget of {self.budget} runs spent"
 
     def forget_known(self, commit: str) -> None:
         """Never reuse a verdict on ``commit`` (the bad commit: its check must be run)."""
@@ -88,10 +125,11 @@ class Evidence:
         if commit in self.known and commit not in self.tally:
             # A retest of a known commit: the stored verdict grows by this run.
             self.tally[commit] = flaky.Tally().add(self.known[commit])
-        if budgeted and self.runs + self.in_flight >= self.budget:
+        if budgeted and self.room() <= 0:
             raise BudgetSpent
         self.in_flight += 1
         self.emit(make_event(TESTING, phase=phase, commit=commit))
+        started = time.monotonic()
         try:
             if not getattr(self.tester, "needs_worktree", True):  # a remote tester
                 outcome = await self.tester.test(commit, self.pool.work_dir)
@@ -104,6 +142,8 @@ class Evidence:
                     self.pool.release(worktree)
         finally:
             self.in_flight -= 1
+        self._tests += 1
+        self._test_seconds += time.monotonic() - started
         if not outcome.reused:
             self.runs += outcome.runs
         self.outcomes.setdefault(commit, outcome)

@@ -76,7 +76,10 @@ class Bisection:
             try:
                 goods = await range_finder.find_good(self.ev, bad)
             except BudgetSpent:
-                goods = None
+                return conclusion.finish(
+                    self.ev, Status.NO_GOOD,
+                    reason=f"{self.ev.spent()} before a good commit was found (tested "
+                    f"{len(self.ev.tested) - 1})")
             if goods is None:
                 return conclusion.finish(
                     self.ev,
@@ -141,11 +144,13 @@ class Bisection:
         verify_runs = 0
         try:
             while True:
-                decision = search.decision(runs_used=self.ev.runs, budget=self.ev.budget)
+                decision = search.decision(
+                    runs_used=self.ev.runs, budget=self.ev.budget,
+                    time_spent=self.ev.spent() if self.ev.out_of_time() else None)
                 if decision is not None and not pending:
                     return decision, verify_runs
                 free = self.limits.slots - len(pending)
-                room = self.ev.budget - self.ev.runs - self.ev.in_flight
+                room = self.ev.room()
                 if decision is None and free > 0 and room > 0:
                     busy = Counter(p.commit for p in pending.values())
                     for pick in search.next_picks(min(free, room), busy):
@@ -207,8 +212,7 @@ class Bisection:
                 self.ev, found.first_bad, goods, found.confidence, verification=verification)
         reason = found.reason
         if found.status is SearchStatus.UNFINISHED and budget_hit:
-            reason = (f"run budget of {self.ev.budget} runs spent with "
-                      f"{len(found.candidates)} candidates left")
+            reason = f"{self.ev.spent()} with {len(found.candidates)} candidates left"
         return conclusion.finish(self.ev, Status.AMBIGUOUS, reason=reason,
                                  candidates=found.candidates, goods=goods)
 
@@ -253,7 +257,7 @@ class Bisection:
         try:
             while True:
                 free = self.limits.slots - len(pending)
-                room = self.ev.budget - self.ev.runs - self.ev.in_flight
+                room = self.ev.room()
                 if free > 0 and room > 0:
                     for commit in search.next_commits(min(free, room), frozenset(pending.values())):
                         task = asyncio.create_task(

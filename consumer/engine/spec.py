@@ -59,6 +59,10 @@ class Limits:
     head_check: bool | str = False  # True: the spec's head_commit; a string: that revision
     retest_flaky: bool = False
     flaky: FlakyMode = FlakyMode.AUTO
+    # Seconds the bisection may take (None: no limit). No test starts that would likely
+    # end after it, and the answer then says what the runs so far can (``undecided`` with
+    # the likely candidates) instead of being killed with nothing to show.
+    time_budget_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,10 @@ def _limits(data: Any) -> Limits:
             raise ValidationError("limits.flaky", 'must be true, false or "auto"') from exc
     run_budget = _int(data, "run_budget", DEFAULT_DETERMINISTIC_RUN_BUDGET
                       if flaky is FlakyMode.OFF else DEFAULT_RUN_BUDGET, 1)
+    time_budget = data.get("time_budget_s")
+    if time_budget is not None and (isinstance(time_budget, bool) or not isinstance(
+            time_budget, int | float) or not 0 < time_budget < float("inf")):
+        raise ValidationError("limits.time_budget_s", "must be a number of seconds > 0")
     return Limits(
         max_good_search=_int(data, "max_good_search", DEFAULT_MAX_GOOD_SEARCH, 1),
         run_budget=run_budget,
@@ -221,6 +229,7 @@ def _limits(data: Any) -> Limits:
         head_check=head_check,
         retest_flaky=bool(data.get("retest_flaky", False)),
         flaky=flaky,
+        time_budget_s=float(time_budget) if time_budget is not None else None,
     )
 
 

@@ -43,6 +43,9 @@ async def test_flaky_test_found_with_confidence(tmp_path: Path) -> None:
     assert 0.5 <= result.confidence < 1.0
     assert result.verification is not None and result.verification.runs >= 1
     assert result.runs == len((tmp_path / "count").read_text().splitlines())
+    # Every test that started ran to its end: none was cut off by the budget.
+    kinds = [e["event"] for e in events]
+    assert kinds.count("testing") == kinds.count("step") == result.runs
     # Verdict events are cumulative per commit: their runs add up to every usable or
     # skipped run of the bisection.
     stored = _verdicts(events)
@@ -183,3 +186,24 @@ async def test_four_slots_run_tests_at_once_and_take_less_time(tmp_path: Path) -
     # retests of a side run side by side), so about half the time plus fixed costs (clone,
     # worktrees), which weigh more on a loaded machine.
     assert walls[4] <= 0.75 * walls[1], walls
+
+
+async def test_a_spent_time_budget_ends_with_what_the_runs_say(tmp_path: Path) -> None:
+    """No test starts that would likely end after the time budget; the answer is then
+    `undecided`, with the likely candidates and the reason, not a killed process."""
+    repo = make_repo(tmp_path / "repo", 80, 47, flaky_p=0.3)
+    tester = {**_flaky_tester(tmp_path, 3)}
+    tester["env"] = {**tester["env"], "SYNTH_SLEEP": "0.2"}
+    spec = make_spec(repo, tmp_path, tester=tester, limits={"time_budget_s": 3})
+    started = time.monotonic()
+    result, events = await bisect(spec)
+    took = time.monotonic() - started
+    assert result.status is Status.UNDECIDED
+    assert result.reason is not None and "time budget of 3 s spent" in result.reason
+    assert result.candidates and 5 <= result.runs < 30
+    # Every run started before the budget was spent and none ran long after it.
+    assert took < 3 + 2.0
+    assert result.runs == len((tmp_path / "count").read_text().splitlines())
+    # Every test that started ran to its end: none was cut off by the budget.
+    kinds = [e["event"] for e in events]
+    assert kinds.count("testing") == kinds.count("step") == result.runs

@@ -222,7 +222,8 @@ def test_build_spec() -> None:
     assert spec == {
         "task_id": 7, "repo_url": "/repo", "bad_commit": "bad", "good_commit": None,
         "error_id": "e.1", "tester": {"kind": "command", "command": ["t"], "name": "demo"},
-        "limits": {"run_budget": 9, "slots": 2},
+        # 4 hours (BISECT_TASK_TIMEOUT_S) less 5 %: the engine answers before it is killed
+        "limits": {"run_budget": 9, "slots": 2, "time_budget_s": 4 * 3600 * 0.95},
         "known_verdicts": [{"commit": "c0", "verdict": "good", "runs": 1, "bad_runs": 0,
                             "job_id": "j0"}],
         "cache_dir": "/cache", "work_dir": "/w/7-2"}
@@ -258,7 +259,39 @@ def test_a_testers_run_budget_does_not_lift_gits_search_cap() -> None:
         profile = profiles.TesterProfile("demo", "command", {"command": ["t"]},
                                          run_budget=budget)
         spec = build_spec(task, profile, settings=settings, known_verdicts=[], work_dir="/w")
-        assert spec["limits"] == {"flaky": False, "run_budget": spent}
+        assert spec["limits"]["flaky"] is False and spec["limits"]["run_budget"] == spent
+
+
+@pytest.mark.parametrize(("asked", "task_timeout", "budget"), [
+    (None, None, 4 * 3600 * 0.95),  # the consumer's timeout less 5 %...
+    (None, 600, 540),  # ...at least a minute...
+    (None, 90, 45),  # ...but never more than half
+    (1800, None, 1800),  # a task may ask for less time...
+    (10**6, None, 4 * 3600 * 0.95),  # ...never for more
+    (1800, 1200, 1140),  # its own timeout bounds it too
+    ("soon", None, "soon"),  # not a number: the engine rejects it, naming the field
+])
+def test_the_engine_answers_before_the_task_times_out(
+        asked: object, task_timeout: int | None, budget: object) -> None:
+    settings = ConsumerSettings.from_env({"BISECT_CACHE_DIR": "/cache"})
+    limits = {} if asked is None else {"time_budget_s": asked}
+    task = ClaimedTask(id=7, claim=2, bad_job_id="j", error_id="e.1", git_url="/repo",
+                       known_bad_commit="bad", tester="demo", extra={"limits": limits},
+                       timeout=task_timeout)
+    profile = profiles.TesterProfile("demo", "command", {"command": ["t"]})
+    spec = build_spec(task, profile, settings=settings, known_verdicts=[], work_dir="/w")
+    assert spec["limits"]["time_budget_s"] == budget
+
+
+def test_a_site_that_retries_timeouts_sets_no_time_budget() -> None:
+    """BISECT_TIMEOUT_ACTION=retry lets a long bisection go on over attempts."""
+    settings = ConsumerSettings.from_env({"BISECT_CACHE_DIR": "/cache",
+                                          "BISECT_TIMEOUT_ACTION": "retry"})
+    task = ClaimedTask(id=7, claim=2, bad_job_id="j", error_id="e.1", git_url="/repo",
+                       known_bad_commit="bad", tester="demo")
+    profile = profiles.TesterProfile("demo", "command", {"command": ["t"]})
+    spec = build_spec(task, profile, settings=settings, known_verdicts=[], work_dir="/w")
+    assert "time_budget_s" not in spec["limits"]
 
 
 def test_build_spec_for_a_compass_task_carries_database_and_scheduler() -> None:

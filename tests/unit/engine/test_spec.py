@@ -52,6 +52,9 @@ def test_full_spec() -> None:
         ({"tester": {"command": "x"}}, "tester"),
         ({"limits": {"slots": 0}}, "limits.slots"),
         ({"limits": {"run_budget": "many"}}, "limits.run_budget"),
+        ({"limits": {"time_budget_s": 0}}, "limits.time_budget_s"),
+        ({"limits": {"time_budget_s": "soon"}}, "limits.time_budget_s"),
+        ({"limits": {"time_budget_s": True}}, "limits.time_budget_s"),
         ({"limits": {"different_error": "bad"}}, "limits.different_error"),
         ({"limits": {"verify": "maybe"}}, "limits.verify"),
         ({"limits": {"confidence": 2}}, "limits.confidence"),
@@ -63,6 +66,12 @@ def test_invalid_fields_are_named(change: dict[str, object], field: str) -> None
     with pytest.raises(ValidationError) as caught:
         parse_spec({**BASE, **change})
     assert caught.value.field == field
+
+
+def test_the_time_budget_is_optional_seconds() -> None:
+    assert parse_spec(BASE).limits.time_budget_s is None
+    spec = parse_spec({**BASE, "limits": {"time_budget_s": 90}})
+    assert spec.limits.time_budget_s == 90.0
 
 
 def test_not_json() -> None:
