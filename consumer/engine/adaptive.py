@@ -36,6 +36,7 @@ from consumer.engine.changepoint import (
     ChangePoint,
     Counts,
     Rates,
+    RunSplit,
     capacity,
 )
 from consumer.engine.dag import Dag
@@ -105,6 +106,7 @@ class Decision:
     reason: str | None
     rates: Rates
     sides: tuple[SideRuns, ...] = ()  # the boundary's runs (FOUND, GOOD_IS_BAD)
+    split: RunSplit | None = None  # the runs after and before the culprit (FOUND)
 
 
 def usable_counts(outcome: Outcome) -> tuple[int, int, int]:
@@ -348,7 +350,8 @@ class AdaptiveSearch:
             if best == GOOD_SIDE:
                 return Decision(GOOD_IS_BAD, None, prob, (), self._good_is_bad_reason(rates),
                                 rates, self._side_runs(best))
-            return Decision(FOUND, best, prob, (best,), None, rates, self._side_runs(best))
+            return Decision(FOUND, best, prob, (best,), None, rates, self._side_runs(best),
+                            self.model.split(best))
         if runs_used >= budget:
             return self._undecided(f"run budget of {budget} runs spent", rates, prob)
         if time_spent is not None:

@@ -135,6 +135,16 @@ class _Class:
 
 
 @dataclass(frozen=True)
+class RunSplit:
+    """Usable runs after a hypothesis (the first bad commit) and before it."""
+
+    after_runs: int
+    after_bad: int
+    before_runs: int
+    before_bad: int
+
+
+@dataclass(frozen=True)
 class Rates:
     """Posterior means of the two rates."""
 
@@ -266,16 +276,24 @@ class ChangePoint:
         self._good_mass = weights[-1] / norm
         self._dirty = False
 
+    def _class_of(self, hypothesis: str) -> _Class:
+        if hypothesis == GOOD_SIDE:
+            return self._good_side
+        bit = self._bit.get(hypothesis, 0)
+        return next(c for c in self._classes if c.mask & bit)
+
     def consistent_step(self, hypothesis: str) -> bool:
         """Whether every run agrees with a deterministic test failing from ``hypothesis`` on:
         the error in every run after it and in none before (and at least one run each side
         of its class, so the runs do pin it)."""
-        if hypothesis == GOOD_SIDE:
-            cls = self._good_side
-        else:
-            bit = self._bit.get(hypothesis, 0)
-            cls = next(c for c in self._classes if c.mask & bit)
+        cls = self._class_of(hypothesis)
         return cls.k_after == cls.n_after == self._k
+
+    def split(self, hypothesis: str) -> RunSplit:
+        """The usable runs (known verdicts included) after ``hypothesis`` and before it,
+        and how many of each showed the error: what its rates are estimated from."""
+        cls = self._class_of(hypothesis)
+        return RunSplit(cls.n_after, cls.k_after, self._n - cls.n_after, self._k - cls.k_after)
 
     def good_side_probability(self) -> float:
         self._update()

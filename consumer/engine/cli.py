@@ -243,8 +243,13 @@ class HumanPrinter:
                 self._say(f"  runner-up: {up['commit']} ({up['probability']:.3f})")
             if event.get("rates"):
                 rates = event["rates"]
+                observed = ""
+                if rates.get("after_runs") is not None:
+                    observed = (f" (it showed in {rates['after_bad']} of {rates['after_runs']}"
+                                f" runs from it on, {rates['before_bad']} of "
+                                f"{rates['before_runs']} before it)")
                 self._say(f"  the error shows in ~{rates['bad']:.0%} of runs from it on, "
-                          f"~{rates['good']:.0%} before it")
+                          f"~{rates['good']:.0%} before it{observed}")
             check = event["verification"]
             if check:
                 # Not "failed": with a flaky test a parent that shows the error now and then

@@ -108,7 +108,10 @@ async def conclude_adaptive(
     verify_runs: int,
 ) -> BisectResult:
     """The result of the default search (``verify_runs``: the runs verification asked for)."""
-    rates = ErrorRates(round(decision.rates.bad, 4), round(decision.rates.good, 4))
+    split = decision.split
+    rates = ErrorRates(round(decision.rates.bad, 4), round(decision.rates.good, 4),
+                       *((split.after_runs, split.after_bad, split.before_runs,
+                          split.before_bad) if split is not None else ()))
     confidence = round(decision.confidence, 6)
     if decision.status == adaptive.FOUND and decision.commit is not None:
         culprit = decision.commit
@@ -145,8 +148,11 @@ def boundary_verification(decision: Decision, verify_runs: int) -> Verification:
     if len(decision.sides) == 1:
         notes.append("root commit: no parent to test")
     rates = decision.rates
+    split = decision.split
+    shown = (f" (it showed in {split.after_bad} of {split.after_runs} runs from the culprit "
+             f"on and {split.before_bad} of {split.before_runs} before it)" if split else "")
     notes.append(f"the error shows in ~{rates.bad:.0%} of runs from the culprit on and "
-                 f"~{rates.good:.0%} before it; P(culprit) = {decision.confidence:.3f}")
+                 f"~{rates.good:.0%} before it{shown}; P(culprit) = {decision.confidence:.3f}")
     return Verification(held=held, detail="; ".join(notes), runs=verify_runs)
 
 

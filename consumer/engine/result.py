@@ -53,6 +53,13 @@ class ErrorRates:
 
     bad: float
     good: float
+    # found: the usable runs they rest on, after the culprit and before it, and how many of
+    # each showed the error (a deterministic test: 12 of 12 and 0 of 9, while the
+    # estimates, posterior means, stay short of 100 % and 0 %)
+    after_runs: int | None = None
+    after_bad: int | None = None
+    before_runs: int | None = None
+    before_bad: int | None = None
 
 
 @dataclass(frozen=True)

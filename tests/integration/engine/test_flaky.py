@@ -55,7 +55,13 @@ async def test_flaky_test_found_with_confidence(tmp_path: Path) -> None:
     assert any(v["runs"] > 1 for v in stored)  # weak evidence was retested
     event = result.to_event()
     assert event["confidence"] == result.confidence and event["strategy"] == "adaptive"
-    assert set(event["rates"]) == {"bad", "good"}
+    rates = event["rates"]
+    assert 0 <= rates["good"] < rates["bad"] <= 1
+    # The runs the estimates rest on: every usable run, split at the culprit.
+    usable = sum(1 for e in events if e["event"] == "step" and e["verdict"] != "skip")
+    assert rates["after_runs"] + rates["before_runs"] == usable
+    assert 0 < rates["after_bad"] <= rates["after_runs"]
+    assert 0 <= rates["before_bad"] <= rates["before_runs"]
 
 
 async def test_a_second_bisection_reuses_the_verdicts(tmp_path: Path) -> None:

@@ -49,7 +49,12 @@ def test_a_boundary_that_ran_against_the_answer_is_not_called_failed() -> None:
         "event": "result", "status": "found", "first_bad_commit": "6f7103332226" + "0" * 28,
         "subject": "c37", "author": "t <a@b>", "date": "2026-11-30T22:09:28+00:00",
         "confidence": 0.986, "verification": {"held": False, "detail": detail, "runs": 33},
+        "rates": {"bad": 0.6, "good": 0.12, "after_runs": 40, "after_bad": 24,
+                  "before_runs": 60, "before_bad": 7},
         "runs": 114})
     out = stream.getvalue()
     assert f"verification not clean: {detail}" in out
     assert "FAILED" not in out and "confidence: 0.986" in out
+    # The estimates, and the runs they rest on.
+    assert ("the error shows in ~60% of runs from it on, ~12% before it (it showed in 24 of "
+            "40 runs from it on, 7 of 60 before it)") in out
