@@ -29,9 +29,8 @@ class BudgetSpent(Exception):
 
 def duration_text(seconds: float) -> str:
     """``4 h``, ``1 h 30 min``, ``90 s``: a time budget as a person writes it."""
-    total = round(seconds)
-    if total < 120:
-        return f"{total} s"
+    if seconds < 120:
+        return f"{seconds:.3g} s"
     hours, minutes = divmod(round(seconds / 60), 60)
     if not hours:
         return f"{minutes} min"

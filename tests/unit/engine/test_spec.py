@@ -5,6 +5,7 @@ import json
 import pytest
 
 from common.errors import ValidationError
+from consumer.engine.evidence import duration_text
 from consumer.engine.spec import DEFAULT_RUN_BUDGET, load_spec, parse_spec
 from consumer.engine.verdicts import DifferentErrorPolicy, Verdict
 
@@ -78,3 +79,11 @@ def test_not_json() -> None:
     with pytest.raises(ValidationError, match="not valid JSON"):
         load_spec("{nope")
     assert load_spec(json.dumps(BASE)).bad_commit == "abc"
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (1.5, "1.5 s"), (90, "90 s"), (120, "2 min"), (3600, "1 h"), (5400, "1 h 30 min"),
+    (4 * 3600 * 0.95, "3 h 48 min"),
+])
+def test_a_time_budget_reads_as_a_person_writes_it(seconds: float, text: str) -> None:
+    assert duration_text(seconds) == text
