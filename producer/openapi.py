@@ -27,7 +27,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "priority": {"type": "integer", "minimum": 0, "maximum": 1000},
             "good_commit": _STR,
             "tester": {"type": "string", "description": "a tester profile NAME"},
-            "timeout": {"type": "integer", "minimum": 1, "maximum": 604800},
+            "timeout": {"type": "integer", "minimum": 1, "maximum": 604800,
+                        "description": "seconds the bisection may take (a consumer applies "
+                                       "at most its own BISECT_TASK_TIMEOUT_S); it answers "
+                                       "with what its runs say a little before"},
             "repo_url": {"type": "string", "description": "allowed prefixes only"},
             "bad_commit": _STR,
         }},
