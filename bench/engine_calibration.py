@@ -31,6 +31,7 @@ search's own cost. ``--q-never`` replaces the prior ``P(q = 0)``
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import sys
@@ -101,14 +102,26 @@ def tell_rates(cell: Cell | None, q_never: float | None = None) -> None:
     changepoint.class_likelihood.cache_clear()
 
 
-def run_cell(args: tuple[Cell, int, bool, bool, float | None, int]
+def run_cell(args: tuple[Cell, range, bool, bool, float | None, int]
              ) -> tuple[Cell, list[Trial], float]:
-    cell, trials, merges, known_rates, q_never, budget = args
+    cell, seeds, merges, known_rates, q_never, budget = args
     tell_rates(cell if known_rates else None, q_never)
     started = time.monotonic()
     results = [run_trial(scenario(cell, seed, merges), seed, budget=budget)
-               for seed in range(trials)]
+               for seed in seeds]
     return cell, results, time.monotonic() - started
+
+
+def save_trials(path: str, cell: Cell, seeds: range, results: list[Trial], *,
+                merges: bool, budget: int) -> None:
+    """Append one JSON line per trial, so that runs over other seeds can be pooled exactly."""
+    with open(path, "a", encoding="utf-8") as out:
+        for seed, trial in zip(seeds, results, strict=True):
+            out.write(json.dumps({
+                "n": cell.n, "p": cell.p, "q": cell.q, "noise": cell.noise, "merges": merges,
+                "budget": budget, "seed": seed, "status": trial.status,
+                "answer": trial.answer, "confidence": trial.confidence, "runs": trial.runs,
+                "right": trial.right}) + "\n")
 
 
 def binomial_tail_limit(n: int, wrong_rate: float, alpha: float = 0.01) -> int:
@@ -163,6 +176,11 @@ def row(cell: Cell, results: list[Trial], took: float) -> tuple[str, bool, bool]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200, help="trials per cell")
+    parser.add_argument("--first-trial", type=int, default=0, metavar="K",
+                        help="the trials' seeds are K .. K + trials - 1 (default 0): a run "
+                             "over other seeds adds trials to an earlier one")
+    parser.add_argument("--save", metavar="FILE",
+                        help="append every trial to FILE as a JSON line")
     parser.add_argument("--jobs", type=int, default=1, help="cells simulated at once")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000],
                         help="commits in the range (N)")
@@ -190,7 +208,9 @@ def main() -> int:
         told += f", prior P(q = 0) = {args.q_never} (diagnostic)"
     if args.budget != DEFAULT_RUN_BUDGET:
         told += f", run budget {args.budget}"
-    print(f"{len(cells)} cells x {args.trials} trials, {shape} histories, default settings "
+    first = f" (seeds {args.first_trial}-{args.first_trial + args.trials - 1})" if (
+        args.first_trial) else ""
+    print(f"{len(cells)} cells x {args.trials} trials{first}, {shape} histories, default settings "
           f"(confidence 0.95){told}\n")
     print("| N | p | q | noise | right | other answers | runs mean | runs p95 | "
           "info limit | mean / limit | right at >= 0.5 / 0.8 / 0.95 |")
@@ -200,10 +220,14 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         # The slowest cells (no signal, or far from it) first: the grid ends sooner.
         slowest_first = sorted(cells, key=lambda c: -min(c.limit() * c.n, 1e12))
-        futures = [pool.submit(run_cell, (c, args.trials, args.merges, args.known_rates,
+        seeds = range(args.first_trial, args.first_trial + args.trials)
+        futures = [pool.submit(run_cell, (c, seeds, args.merges, args.known_rates,
                                           args.q_never, args.budget)) for c in slowest_first]
         for future in as_completed(futures):  # a row as soon as its cell is done
             cell, results, took = future.result()
+            if args.save:
+                save_trials(args.save, cell, seeds, results, merges=args.merges,
+                            budget=args.budget)
             line, accurate, calibrated = row(cell, results, took)
             bad_accuracy += not accurate
             bad_calibration += not calibrated
