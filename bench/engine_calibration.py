@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import consumer.engine.changepoint as changepoint
 from consumer.engine.changepoint import RATES, Rates, capacity
 from consumer.engine.simulate import Scenario, Trial, merge_history, run_trial
-from consumer.engine.spec import DEFAULT_RUN_BUDGET
+from consumer.engine.spec import DEFAULT_REPRODUCE_RUNS, DEFAULT_RUN_BUDGET
 
 P_VALUES = (1.0, 0.8, 0.5, 0.3)
 Q_VALUES = (0.0, 0.05, 0.1, 0.3)
@@ -102,12 +102,13 @@ def tell_rates(cell: Cell | None, q_never: float | None = None) -> None:
     changepoint.class_likelihood.cache_clear()
 
 
-def run_cell(args: tuple[Cell, range, bool, bool, float | None, int]
+def run_cell(args: tuple[Cell, range, bool, bool, float | None, int, int]
              ) -> tuple[Cell, list[Trial], float]:
-    cell, seeds, merges, known_rates, q_never, budget = args
+    cell, seeds, merges, known_rates, q_never, budget, reproduce_runs = args
     tell_rates(cell if known_rates else None, q_never)
     started = time.monotonic()
-    results = [run_trial(scenario(cell, seed, merges), seed, budget=budget)
+    results = [run_trial(scenario(cell, seed, merges), seed, budget=budget,
+                         reproduce_runs=reproduce_runs)
                for seed in seeds]
     return cell, results, time.monotonic() - started
 
@@ -195,6 +196,9 @@ def main() -> int:
                         help="diagnostic: the prior P(q = 0) instead of the engine's")
     parser.add_argument("--budget", type=int, default=DEFAULT_RUN_BUDGET,
                         help=f"the run budget (default: the engine's, {DEFAULT_RUN_BUDGET})")
+    parser.add_argument("--reproduce-runs", type=int, default=DEFAULT_REPRODUCE_RUNS,
+                        help="usable runs of the bad commit without the error before "
+                             f"'not reproduced' (default: the engine's, {DEFAULT_REPRODUCE_RUNS})")
     args = parser.parse_args()
     off_grid = [r for r in (*args.p, *args.q) if r not in RATES]
     if args.known_rates and off_grid:
@@ -208,6 +212,8 @@ def main() -> int:
         told += f", prior P(q = 0) = {args.q_never} (diagnostic)"
     if args.budget != DEFAULT_RUN_BUDGET:
         told += f", run budget {args.budget}"
+    if args.reproduce_runs != DEFAULT_REPRODUCE_RUNS:
+        told += f", limits.reproduce_runs {args.reproduce_runs}"
     first = f" (seeds {args.first_trial}-{args.first_trial + args.trials - 1})" if (
         args.first_trial) else ""
     print(f"{len(cells)} cells x {args.trials} trials{first}, {shape} histories, default settings "
@@ -222,7 +228,8 @@ def main() -> int:
         slowest_first = sorted(cells, key=lambda c: -min(c.limit() * c.n, 1e12))
         seeds = range(args.first_trial, args.first_trial + args.trials)
         futures = [pool.submit(run_cell, (c, seeds, args.merges, args.known_rates,
-                                          args.q_never, args.budget)) for c in slowest_first]
+                                          args.q_never, args.budget, args.reproduce_runs))
+                   for c in slowest_first]
         for future in as_completed(futures):  # a row as soon as its cell is done
             cell, results, took = future.result()
             if args.save:

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import ConfigError
+from consumer.engine.spec import MAX_REPRODUCE_RUNS
 from consumer.engine.testers import tester_fingerprint as engine_fingerprint
 
 COMPASS = "compass"
 KINDS = frozenset({"command", "compass"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 # Keys that are about this consumer, not about how a commit is judged.
-_CONSUMER_KEYS = frozenset({"slots", "run_budget"})
+_CONSUMER_KEYS = frozenset({"slots", "run_budget", "reproduce_runs"})
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class TesterProfile:
     # The most test runs one bisection may spend with this tester: the default when a task
     # asks for none, the cap when it asks for more (each run is a job on the site's CI).
     run_budget: int | None = None
+    # Runs of the bad commit without the error before "not reproduced" (the engine's
+    # limits.reproduce_runs): raise it where errors show in well under 30 % of runs.
+    reproduce_runs: int | None = None
 
     def tester_spec(self) -> dict[str, Any]:
         """The ``tester`` object of the engine spec."""
@@ -101,10 +105,16 @@ def _validate(name: str, raw: Any, variable: str) -> TesterProfile:
     if run_budget is not None and (isinstance(run_budget, bool) or not isinstance(run_budget, int)
                                    or run_budget < 1):
         raise ConfigError(f"{where}: run_budget must be a positive integer")
+    reproduce_runs = raw.get("reproduce_runs")
+    if reproduce_runs is not None and (
+            isinstance(reproduce_runs, bool) or not isinstance(reproduce_runs, int)
+            or not 1 <= reproduce_runs <= MAX_REPRODUCE_RUNS):
+        raise ConfigError(f"{where}: reproduce_runs must be an integer between 1 and "
+                          f"{MAX_REPRODUCE_RUNS}")
     options = {k: v for k, v in raw.items() if k not in _CONSUMER_KEYS and k != "name"}
     options["kind"] = kind
     return TesterProfile(name=name, kind=kind, options=options, slots=slots,
-                         run_budget=run_budget)
+                         run_budget=run_budget, reproduce_runs=reproduce_runs)
 
 
 def parse_profiles(text: str, variable: str) -> dict[str, TesterProfile]:

@@ -134,6 +134,8 @@ def build_spec(task: ClaimedTask, profile: TesterProfile, *, settings: ConsumerS
         if asked is None and limits.get("flaky") is False:
             asked = DEFAULT_DETERMINISTIC_RUN_BUDGET  # git's search keeps its own cap
         limits["run_budget"] = run_budget(asked, profile.run_budget)
+    if profile.reproduce_runs is not None:
+        limits.setdefault("reproduce_runs", profile.reproduce_runs)
     if settings.timeout_action is TimeoutAction.FAIL:
         # A site that retries a timed-out task (BISECT_TIMEOUT_ACTION=retry) lets a long
         # bisection go on over several attempts: no time budget then.

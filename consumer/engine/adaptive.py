@@ -41,6 +41,7 @@ from consumer.engine.changepoint import (
 )
 from consumer.engine.dag import Dag
 from consumer.engine.search import DeterministicSearch, SearchStatus
+from consumer.engine.spec import DEFAULT_REPRODUCE_RUNS
 from consumer.engine.verdicts import Outcome, Verdict
 
 VERIFY_FROM = 0.5  # verify the best hypothesis once it holds this much probability
@@ -434,16 +435,26 @@ def deterministic_run_bound(candidates: int) -> int:
 
 # -- the bad commit's check -----------------------------------------------------------------
 
-REPRODUCE_USABLE = 15  # usable runs of the bad commit without the error: 0.7^15 < 0.5 %...
-REPRODUCE_TRIES = 30  # ...or this many runs in all, before "not reproduced"
+REPRODUCE_USABLE = DEFAULT_REPRODUCE_RUNS  # usable runs without the error (limits.reproduce_runs)
+REPRODUCE_TRIES = 30  # ...or this many runs in all (twice the usable ones if more)
 
 
-def reproduced(usable: int, bad_runs: int, tries: int) -> bool | None:
-    """The bad commit's check so far: True (the error showed), False (give up), None (run
-    it again). A run without the error is evidence of flakiness, not the end: the bad
-    commit *did* fail in the job that reported it."""
+def reproduced(usable: int, bad_runs: int, tries: int,
+               needed: int = REPRODUCE_USABLE) -> bool | None:
+    """The bad commit's check so far: True (the error showed), False (give up after
+    ``needed`` usable runs without it), None (run it again). A run without the error is
+    evidence of flakiness, not the end: the bad commit *did* fail in the job that reported
+    it."""
     if bad_runs:
         return True
-    if usable >= REPRODUCE_USABLE or tries >= REPRODUCE_TRIES:
+    if usable >= needed or tries >= max(REPRODUCE_TRIES, 2 * needed):
         return False
     return None
+
+
+def hidden_rate_bound(usable: int, confidence: float = 0.95) -> float:
+    """The rate below which an error must show if it stayed hidden in ``usable`` runs, at
+    ``confidence``: the largest rate r with (1 - r)^usable >= 1 - confidence."""
+    if usable <= 0:
+        return 1.0
+    return 1.0 - (1.0 - confidence) ** (1.0 / usable)

@@ -32,6 +32,7 @@ from consumer.engine.output import DEFAULT_ERRID_REGEX
 from consumer.engine.session import run_engine
 from consumer.engine.spec import (
     DEFAULT_DETERMINISTIC_RUN_BUDGET,
+    DEFAULT_REPRODUCE_RUNS,
     DEFAULT_RUN_BUDGET,
     default_cache_dir,
     parse_spec,
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds the whole bisection may take: no test starts that would "
                              "likely end after it, and the answer says what the runs so far "
                              "can (default: no limit)")
+    parser.add_argument("--reproduce-runs", type=int, metavar="N",
+                        help=f"runs of the bad commit without the error before 'not "
+                             f"reproduced' (default {DEFAULT_REPRODUCE_RUNS}: enough for an "
+                             f"error shown in 30 %% of runs or more)")
     parser.add_argument("--slots", type=int, default=1, metavar="N", help="tests run at once")
     flaky = parser.add_mutually_exclusive_group()
     flaky.add_argument("--flaky", dest="flaky", action="store_const", const=True,
@@ -142,6 +147,8 @@ def spec_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, An
         limits["run_budget"] = args.run_budget
     if args.time_budget is not None:
         limits["time_budget_s"] = args.time_budget
+    if args.reproduce_runs is not None:
+        limits["reproduce_runs"] = args.reproduce_runs
     if args.head_check:
         limits["head_check"] = _local_rev(args.repo, args.head_check)
     known = (read_known_verdicts(args.known_verdicts, tester_fingerprint(tester), args.error_id)

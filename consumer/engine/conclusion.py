@@ -67,15 +67,27 @@ def finish(
 
 
 def not_reproduced(ev: Evidence, bad: str) -> BisectResult:
-    """The result when the bad commit did not come back bad."""
+    """The result when the bad commit did not come back bad: what its runs showed, and
+    how rare the error must be if it shows there at all."""
     outcome = ev.outcomes[bad]
     what = f"error {ev.spec.error_id}" if ev.spec.error_id else "the failure"
     spent = f" ({ev.spent()} before it showed)" if ev.out_of_time() else ""
+    last = f"{outcome.verdict.value} ({outcome.detail[:300]})"
+    tally = ev.tally.get(bad, flaky.Tally())
+    total = tally.runs + tally.skips
+    if total <= 1:
+        checked = f": {last}"
+    else:
+        skipped = f", {tally.skips} skipped" if tally.skips else ""
+        bound = adaptive.hidden_rate_bound(tally.runs)
+        rare = (f"; if it shows there at all, it shows in under {bound * 100:.0f} % of runs (95 % "
+                f"bound: limits.reproduce_runs raises the check)" if tally.runs else "")
+        checked = (f": none of {total} runs showed it ({tally.runs} usable{skipped}){rare}; "
+                   f"last run: {last}")
     return finish(
         ev,
         Status.NOT_REPRODUCED,
-        reason=f"{what} did not reproduce at the bad commit {bad[:12]}{spent}: "
-        f"{outcome.verdict.value} ({outcome.detail[:300]})",
+        reason=f"{what} did not reproduce at the bad commit {bad[:12]}{spent}{checked}",
     )
 
 

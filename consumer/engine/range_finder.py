@@ -1,8 +1,9 @@
 """The range to search: the bad commit confirmed bad, and a good commit found before it.
 
-The bad commit is run until the error shows (bounded: :func:`adaptive.reproduced`), never
-judged by a stored verdict; when a run there did not show the error the test is flaky,
-and a candidate good commit is then rerun until its good verdict is believable.
+The bad commit is run until the error shows (bounded: :func:`adaptive.reproduced`,
+``limits.reproduce_runs``), never judged by a stored verdict; when a run there did not
+show the error the test is flaky, and a candidate good commit is then rerun until its good
+verdict is believable.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ async def check_bad(ev: Evidence, bad: str) -> bool:
     with contextlib.suppress(BudgetSpent):
         while True:
             tally = ev.tally.get(bad, flaky.Tally())
-            state = adaptive.reproduced(tally.runs, tally.bad_runs, tries)
+            state = adaptive.reproduced(tally.runs, tally.bad_runs, tries,
+                                         ev.limits.reproduce_runs)
             if state is not None:
                 return state
             await ev.evaluate(bad, "check_bad", force=tries > 0)

@@ -24,7 +24,7 @@ from functools import lru_cache
 from consumer.engine.adaptive import AdaptiveSearch, Decision, reproduced
 from consumer.engine.changepoint import GOOD_SIDE
 from consumer.engine.dag import Dag
-from consumer.engine.spec import DEFAULT_CONFIDENCE, DEFAULT_RUN_BUDGET
+from consumer.engine.spec import DEFAULT_CONFIDENCE, DEFAULT_REPRODUCE_RUNS, DEFAULT_RUN_BUDGET
 from consumer.engine.synthetic import plan_history
 from consumer.engine.verdicts import Outcome, Verdict
 
@@ -97,7 +97,7 @@ def merge_dag(n: int, merges: int, seed: int) -> Dag:
 
 
 def run_trial(s: Scenario, seed: int, *, confidence: float = DEFAULT_CONFIDENCE,
-              budget: int = DEFAULT_RUN_BUDGET,
+              budget: int = DEFAULT_RUN_BUDGET, reproduce_runs: int = DEFAULT_REPRODUCE_RUNS,
               trace: Callable[[str], None] | None = None) -> Trial:
     """One simulated bisection; ``trace`` gets a line per run (for debugging)."""
     rng = random.Random(seed)
@@ -112,7 +112,7 @@ def run_trial(s: Scenario, seed: int, *, confidence: float = DEFAULT_CONFIDENCE,
     bad = s.n - 1
     check: list[Outcome] = []
     usable = bad_runs = 0
-    while (state := reproduced(usable, bad_runs, len(check))) is None:
+    while (state := reproduced(usable, bad_runs, len(check), reproduce_runs)) is None:
         outcome = run(bad)
         check.append(outcome)
         usable += outcome.verdict is not Verdict.SKIP

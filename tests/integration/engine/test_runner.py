@@ -125,8 +125,22 @@ async def test_not_reproduced_at_the_bad_commit(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", 10, 5)
     result, events = await bisect(make_spec(repo, tmp_path, bad_commit=repo.shas[3]))
     assert result.status is Status.NOT_REPRODUCED
-    assert "did not reproduce" in (result.reason or "")
     assert result.runs == REPRODUCE_USABLE == len(_events(events, "step"))
+    # The reason says what was tried and what it rules out, and how to try harder.
+    reason = result.reason or ""
+    assert reason.startswith(f"error E_SYNTH did not reproduce at the bad commit "
+                             f"{repo.shas[3][:12]}: none of 15 runs showed it (15 usable); ")
+    assert "it shows in under 18 % of runs (95 % bound: limits.reproduce_runs" in reason
+    assert "last run: good (exit 0 without E_SYNTH" in reason
+
+
+async def test_a_rare_error_can_be_given_more_runs_at_the_bad_commit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", 10, 5)
+    spec = make_spec(repo, tmp_path, bad_commit=repo.shas[3], limits={"reproduce_runs": 4})
+    result, _ = await bisect(spec)
+    assert result.status is Status.NOT_REPRODUCED and result.runs == 4
+    assert "none of 4 runs showed it" in (result.reason or "")
+    assert "under 53 % of runs" in (result.reason or "")
 
 
 async def test_different_error_at_bad_commit_is_not_reproduced(tmp_path: Path) -> None:

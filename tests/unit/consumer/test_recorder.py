@@ -251,6 +251,20 @@ def test_the_testers_run_budget_is_the_default_and_the_cap(asked: object, spent:
     assert spec["tester"] == {"kind": "command", "command": ["t"], "name": "demo"}
 
 
+@pytest.mark.parametrize(("asked", "runs"), [(None, 40), (20, 20), (None, None)])
+def test_a_testers_reproduce_runs_is_the_default_a_task_may_change(
+        asked: int | None, runs: int | None) -> None:
+    settings = ConsumerSettings.from_env({"BISECT_CACHE_DIR": "/cache"})
+    limits = {} if asked is None else {"reproduce_runs": asked}
+    task = ClaimedTask(id=7, claim=2, bad_job_id="j", error_id="e.1", git_url="/repo",
+                       known_bad_commit="bad", tester="demo", extra={"limits": limits})
+    profile = profiles.TesterProfile("demo", "command", {"command": ["t"]},
+                                     reproduce_runs=None if runs is None else 40)
+    spec = build_spec(task, profile, settings=settings, known_verdicts=[], work_dir="/w")
+    assert spec["limits"].get("reproduce_runs") == runs
+    assert "reproduce_runs" not in spec["tester"]  # not part of how a commit is judged
+
+
 def test_a_testers_run_budget_does_not_lift_gits_search_cap() -> None:
     settings = ConsumerSettings.from_env({"BISECT_CACHE_DIR": "/cache"})
     task = ClaimedTask(id=7, claim=2, bad_job_id="j", error_id="e.1", git_url="/repo",

@@ -72,7 +72,7 @@ def test_profiles_from_file_and_inline(tmp_path: Path) -> None:
     path = tmp_path / "testers.json"
     path.write_text(json.dumps({
         "demo": {"kind": "command", "command": ["make", "test"], "timeout": 60, "slots": 3,
-                 "run_budget": 2000},
+                 "run_budget": 2000, "reproduce_runs": 40},
         "shell": {"command": "make check", "errid_regex": r"ERR: (\S+)", "workdir": "src"},
     }))
     inline = json.dumps({"shell": {"command": ["./t.sh"]}})
@@ -81,6 +81,7 @@ def test_profiles_from_file_and_inline(tmp_path: Path) -> None:
     assert profiles["demo"].slots == 3
     assert profiles["demo"].run_budget == 2000
     assert profiles["shell"].run_budget is None
+    assert (profiles["demo"].reproduce_runs, profiles["shell"].reproduce_runs) == (40, None)
     assert profiles["demo"].tester_spec() == {"kind": "command", "name": "demo",
                                               "command": ["make", "test"], "timeout": 60}
     assert profiles["shell"].options["command"] == ["./t.sh"]  # inline wins
@@ -93,7 +94,8 @@ def test_profiles_from_file_and_inline(tmp_path: Path) -> None:
     {"command": ["x"], "errid_regex": "("}, {"command": ["x"], "errid_regex": "(a)(b)"},
     {"command": ["x"], "slots": 0}, {"command": ["x"], "env": {"A": 1}},
     {"command": ["x"], "run_budget": 0}, {"command": ["x"], "run_budget": "800"},
-    {"command": ["x"], "run_budget": True},
+    {"command": ["x"], "run_budget": True}, {"command": ["x"], "reproduce_runs": 0},
+    {"command": ["x"], "reproduce_runs": 501}, {"command": ["x"], "reproduce_runs": "40"},
     {"command": ["x"], "workdir": 3}, "not an object",
 ])
 def test_bad_profiles_name_the_variable_and_tester(profile: object) -> None:

@@ -11,6 +11,7 @@ from consumer.engine.adaptive import (
     FOUND,
     AdaptiveSearch,
     deterministic_run_bound,
+    hidden_rate_bound,
     reproduced,
 )
 from consumer.engine.changepoint import GOOD_SIDE, ChangePoint, class_likelihood
@@ -68,6 +69,20 @@ def test_reproduction_is_bounded() -> None:
     assert reproduced(3, 1, 3) is True
     assert reproduced(15, 0, 15) is False
     assert reproduced(2, 0, 30) is False
+
+
+def test_a_rarer_error_can_be_given_more_runs_at_the_bad_commit() -> None:
+    assert reproduced(15, 0, 15, needed=40) is None
+    assert reproduced(39, 0, 70, needed=40) is None  # skips count against twice the runs
+    assert reproduced(40, 0, 40, needed=40) is False
+    assert reproduced(10, 0, 80, needed=40) is False
+
+
+@pytest.mark.parametrize(("usable", "bound"), [(0, 1.0), (1, 0.95), (15, 0.181), (30, 0.095)])
+def test_the_rate_an_error_hidden_in_n_runs_can_have(usable: int, bound: float) -> None:
+    assert hidden_rate_bound(usable) == pytest.approx(bound, abs=5e-4)
+    if usable:  # at the bound, the error stays hidden that long exactly 5 % of the time
+        assert (1 - hidden_rate_bound(usable)) ** usable == pytest.approx(0.05)
 
 
 def test_class_likelihood_prefers_a_rate_change() -> None:

@@ -5,7 +5,7 @@ import io
 import pytest
 
 from consumer.engine.cli import HumanPrinter, parse_args, spec_from_args
-from consumer.engine.spec import parse_spec
+from consumer.engine.spec import DEFAULT_REPRODUCE_RUNS, parse_spec
 
 
 def test_options_before_and_command_after_the_dashes() -> None:
@@ -19,6 +19,13 @@ def test_options_before_and_command_after_the_dashes() -> None:
     assert spec.tester["command"] == ["make", "--jobs", "4"]
     assert spec.tester["timeout"] == 30.0
     assert spec.limits.different_error.value == "good"
+    assert spec.limits.reproduce_runs == DEFAULT_REPRODUCE_RUNS
+
+
+def test_a_rare_error_can_be_given_more_runs_at_the_bad_commit() -> None:
+    args, command = parse_args(["--repo", "r", "--bad", "x", "--reproduce-runs", "45",
+                                "--", "t"])
+    assert parse_spec(spec_from_args(args, command)).limits.reproduce_runs == 45
 
 
 @pytest.mark.parametrize(

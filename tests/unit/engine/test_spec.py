@@ -6,7 +6,7 @@ import pytest
 
 from common.errors import ValidationError
 from consumer.engine.evidence import duration_text
-from consumer.engine.spec import DEFAULT_RUN_BUDGET, load_spec, parse_spec
+from consumer.engine.spec import DEFAULT_REPRODUCE_RUNS, DEFAULT_RUN_BUDGET, load_spec, parse_spec
 from consumer.engine.verdicts import DifferentErrorPolicy, Verdict
 
 BASE = {
@@ -56,6 +56,9 @@ def test_full_spec() -> None:
         ({"limits": {"time_budget_s": 0}}, "limits.time_budget_s"),
         ({"limits": {"time_budget_s": "soon"}}, "limits.time_budget_s"),
         ({"limits": {"time_budget_s": True}}, "limits.time_budget_s"),
+        ({"limits": {"reproduce_runs": 0}}, "limits.reproduce_runs"),
+        ({"limits": {"reproduce_runs": 10**6}}, "limits.reproduce_runs"),
+        ({"limits": {"reproduce_runs": "more"}}, "limits.reproduce_runs"),
         ({"limits": {"different_error": "bad"}}, "limits.different_error"),
         ({"limits": {"verify": "maybe"}}, "limits.verify"),
         ({"limits": {"confidence": 2}}, "limits.confidence"),
@@ -73,6 +76,11 @@ def test_the_time_budget_is_optional_seconds() -> None:
     assert parse_spec(BASE).limits.time_budget_s is None
     spec = parse_spec({**BASE, "limits": {"time_budget_s": 90}})
     assert spec.limits.time_budget_s == 90.0
+
+
+def test_the_bad_commits_check_has_a_default_a_task_can_raise() -> None:
+    assert parse_spec(BASE).limits.reproduce_runs == DEFAULT_REPRODUCE_RUNS == 15
+    assert parse_spec({**BASE, "limits": {"reproduce_runs": 60}}).limits.reproduce_runs == 60
 
 
 def test_not_json() -> None:
