@@ -72,7 +72,20 @@ class Cell:
         return math.log2(self.n) / capacity(Rates(self.p, self.q)) / (1.0 - self.noise)
 
 
-def scenario(cell: Cell, seed: int, merges: bool = False) -> Scenario:
+@dataclass(frozen=True)
+class Options:
+    """How every cell of one bench run is simulated."""
+
+    merges: bool = False
+    known_rates: bool = False
+    q_never: float | None = None
+    budget: int = DEFAULT_RUN_BUDGET
+    reproduce_runs: int = DEFAULT_REPRODUCE_RUNS
+    bursts: tuple[float, int] = (0.0, 0)  # (P a burst starts before a run, its runs)
+
+
+def scenario(cell: Cell, seed: int, merges: bool = False,
+             bursts: tuple[float, int] = (0.0, 0)) -> Scenario:
     rng = random.Random(f"{cell}-{seed}")
     draw = rng.random()
     culprit = 0 if draw < 0.1 else cell.n - 1 if draw < 0.2 else rng.randrange(cell.n)
@@ -86,7 +99,8 @@ def scenario(cell: Cell, seed: int, merges: bool = False) -> Scenario:
             if 0 <= i < cell.n - 1 and i not in boundary]
     untestable = frozenset(rng.sample(near, min(UNTESTABLE_NEAR, len(near))))
     return Scenario(cell.n, culprit, cell.p, cell.q, cell.noise, untestable,
-                    merges=merge_count, history_seed=seed)
+                    merges=merge_count, history_seed=seed, burst_start=bursts[0],
+                    burst_runs=bursts[1])
 
 
 def tell_rates(cell: Cell | None, q_never: float | None = None) -> None:
@@ -102,25 +116,26 @@ def tell_rates(cell: Cell | None, q_never: float | None = None) -> None:
     changepoint.class_likelihood.cache_clear()
 
 
-def run_cell(args: tuple[Cell, range, bool, bool, float | None, int, int]
-             ) -> tuple[Cell, list[Trial], float]:
-    cell, seeds, merges, known_rates, q_never, budget, reproduce_runs = args
-    tell_rates(cell if known_rates else None, q_never)
+def run_cell(args: tuple[Cell, range, Options]) -> tuple[Cell, list[Trial], float]:
+    cell, seeds, opts = args
+    tell_rates(cell if opts.known_rates else None, opts.q_never)
     started = time.monotonic()
-    results = [run_trial(scenario(cell, seed, merges), seed, budget=budget,
-                         reproduce_runs=reproduce_runs)
+    results = [run_trial(scenario(cell, seed, opts.merges, opts.bursts), seed,
+                         budget=opts.budget, reproduce_runs=opts.reproduce_runs)
                for seed in seeds]
     return cell, results, time.monotonic() - started
 
 
-def save_trials(path: str, cell: Cell, seeds: range, results: list[Trial], *,
-                merges: bool, budget: int) -> None:
+def save_trials(path: str, cell: Cell, seeds: range, results: list[Trial],
+                opts: Options) -> None:
     """Append one JSON line per trial, so that runs over other seeds can be pooled exactly."""
     with open(path, "a", encoding="utf-8") as out:
         for seed, trial in zip(seeds, results, strict=True):
             out.write(json.dumps({
-                "n": cell.n, "p": cell.p, "q": cell.q, "noise": cell.noise, "merges": merges,
-                "budget": budget, "seed": seed, "status": trial.status,
+                "n": cell.n, "p": cell.p, "q": cell.q, "noise": cell.noise,
+                "merges": opts.merges, "budget": opts.budget,
+                "reproduce_runs": opts.reproduce_runs, "bursts": list(opts.bursts),
+                "seed": seed, "status": trial.status,
                 "answer": trial.answer, "confidence": trial.confidence, "runs": trial.runs,
                 "right": trial.right}) + "\n")
 
@@ -199,7 +214,15 @@ def main() -> int:
     parser.add_argument("--reproduce-runs", type=int, default=DEFAULT_REPRODUCE_RUNS,
                         help="usable runs of the bad commit without the error before "
                              f"'not reproduced' (default: the engine's, {DEFAULT_REPRODUCE_RUNS})")
+    parser.add_argument("--bursts", type=float, nargs=2, default=(0.0, 0),
+                        metavar=("START", "RUNS"),
+                        help="robustness: failures in bursts, a burst starting before a run "
+                             "with probability START and then RUNS runs in a row showing "
+                             "the error whatever the commit (default: none)")
     args = parser.parse_args()
+    opts = Options(merges=args.merges, known_rates=args.known_rates, q_never=args.q_never,
+                   budget=args.budget, reproduce_runs=args.reproduce_runs,
+                   bursts=(args.bursts[0], int(args.bursts[1])))
     off_grid = [r for r in (*args.p, *args.q) if r not in RATES]
     if args.known_rates and off_grid:
         parser.error(f"--known-rates: {off_grid} not on the model's rate grid {RATES}")
@@ -214,6 +237,9 @@ def main() -> int:
         told += f", run budget {args.budget}"
     if args.reproduce_runs != DEFAULT_REPRODUCE_RUNS:
         told += f", limits.reproduce_runs {args.reproduce_runs}"
+    if opts.bursts[1]:
+        told += (f", failures in bursts of {opts.bursts[1]} runs starting at "
+                 f"P {opts.bursts[0]} a run")
     first = f" (seeds {args.first_trial}-{args.first_trial + args.trials - 1})" if (
         args.first_trial) else ""
     print(f"{len(cells)} cells x {args.trials} trials{first}, {shape} histories, default settings "
@@ -227,14 +253,11 @@ def main() -> int:
         # The slowest cells (no signal, or far from it) first: the grid ends sooner.
         slowest_first = sorted(cells, key=lambda c: -min(c.limit() * c.n, 1e12))
         seeds = range(args.first_trial, args.first_trial + args.trials)
-        futures = [pool.submit(run_cell, (c, seeds, args.merges, args.known_rates,
-                                          args.q_never, args.budget, args.reproduce_runs))
-                   for c in slowest_first]
+        futures = [pool.submit(run_cell, (c, seeds, opts)) for c in slowest_first]
         for future in as_completed(futures):  # a row as soon as its cell is done
             cell, results, took = future.result()
             if args.save:
-                save_trials(args.save, cell, seeds, results, merges=args.merges,
-                            budget=args.budget)
+                save_trials(args.save, cell, seeds, results, opts)
             line, accurate, calibrated = row(cell, results, took)
             bad_accuracy += not accurate
             bad_calibration += not calibrated

@@ -285,14 +285,7 @@ class AdaptiveSearch:
         if n <= 0:
             return []
         running = pending if isinstance(pending, Mapping) else dict.fromkeys(pending, 1)
-        picks: list[Pick] = []
-        suspect = self.suspect()
-        if suspect is not None:
-            strict = self.model.consistent_step(suspect[0]) and suspect[1] < self.stop_at
-            for side in self._side_runs(suspect[0]):
-                more = self._side_shortfall(side, strict=strict) - running.get(side.commit, 0)
-                picks.extend([Pick(side.commit, VERIFY)] * max(more, 0))
-        picks = picks[:n]
+        picks = self._verify_picks(running)[:n]
         if len(picks) < n:
             taken = set(running) | {p.commit for p in picks}
             check = [c for c in self._rate_check if c not in taken][:n - len(picks)]
@@ -300,6 +293,29 @@ class AdaptiveSearch:
             taken |= set(check)
         if len(picks) < n:
             picks += [Pick(c, SEARCH) for c in self._search_picks(n - len(picks), taken)]
+        return picks
+
+    def _verify_picks(self, running: Mapping[str, int]) -> list[Pick]:
+        """The verification's retests still wanted, taking the boundary's sides in turn
+        (the side with the fewest runs asked for first). Failures come in bursts on a CI
+        (a bad test machine, a network outage, every run showing the same error for a
+        while): back-to-back retests of one side can all fall in one burst and confirm a
+        good commit as the culprit, while alternating sides puts the burst on the parent
+        too, where it shows as a contradiction (bench/engine_calibration.py --bursts)."""
+        suspect = self.suspect()
+        if suspect is None:
+            return []
+        strict = self.model.consistent_step(suspect[0]) and suspect[1] < self.stop_at
+        lanes: list[tuple[int, int, str, int]] = []
+        for order, side in enumerate(self._side_runs(suspect[0])):
+            more = self._side_shortfall(side, strict=strict) - running.get(side.commit, 0)
+            if more > 0:
+                asked = self.verify_runs.get(side.commit, 0) + running.get(side.commit, 0)
+                lanes.append((asked, order, side.commit, more))
+        lanes.sort()
+        picks: list[Pick] = []
+        for turn in range(max((lane[3] for lane in lanes), default=0)):
+            picks += [Pick(commit, VERIFY) for _, _, commit, more in lanes if turn < more]
         return picks
 
     def _search_picks(self, n: int, taken: Set[str]) -> list[str]:

@@ -41,6 +41,11 @@ class Scenario:
     untestable: frozenset[int] = frozenset()  # commits whose runs always skip
     merges: int = 0  # side branches merged back (0: a linear history)
     history_seed: int = 0  # which merge-heavy history (with merges)
+    # Failures in bursts, as on a CI whose test machine or network goes bad for a while:
+    # before each run a burst starts with this probability, and then this many runs in a
+    # row show the error whatever the commit.
+    burst_start: float = 0.0
+    burst_runs: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,15 @@ def run_trial(s: Scenario, seed: int, *, confidence: float = DEFAULT_CONFIDENCE,
     """One simulated bisection; ``trace`` gets a line per run (for debugging)."""
     rng = random.Random(seed)
     dag, is_after = history(s)
+    burst_left = 0
 
     def run(i: int) -> Outcome:
+        nonlocal burst_left
+        if s.burst_runs and not burst_left and rng.random() < s.burst_start:
+            burst_left = s.burst_runs
+        if burst_left:
+            burst_left -= 1
+            return Outcome.of(Verdict.BAD)
         if rng.random() < s.noise or i in s.untestable:
             return Outcome.of(Verdict.SKIP)
         shows = rng.random() < (s.p if is_after(i) else s.q)
