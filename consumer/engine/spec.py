@@ -27,8 +27,9 @@ DEFAULT_MAX_GOOD_SEARCH = 1000
 # log2(N) + 7 runs (adaptive.deterministic_run_bound), and "cannot tell" comes as soon as
 # the runs show the target is out of reach. The budget is what a 20-point rise takes: with
 # 800 runs, p = 0.5 against q = 0.3 on 1,000 commits was named in 38-57 % of the bisections
-# (the rest `undecided`); with 2,000, in 95-96 % (mean 790-1,030 runs, p95 1,640-1,890),
-# and an error that shows on both sides ends `good_is_bad` in 9 of 10 instead of 2-5 of 10
+# (the rest `undecided`); with 2,000, in 92.5-96 % (mean 790-1,030 runs, p95 1,640-2,000;
+# 92.5 % over 400 trials with 25 % unrelated errors), and an error that shows on both
+# sides ends `good_is_bad` in 9 of 10 instead of 2-5 of 10
 # (BENCHMARKS.md, calibration grid). A site sets its own per tester (`run_budget` in
 # BISECT_TESTERS: consumer/profiles.py); the task timeout bounds the time all the same.
 DEFAULT_RUN_BUDGET = 2000
