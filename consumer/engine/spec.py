@@ -25,14 +25,14 @@ class FlakyMode(StrEnum):
 DEFAULT_MAX_GOOD_SEARCH = 1000
 # The default search stops far earlier on most tests: a deterministic one needs at most
 # log2(N) + 7 runs (adaptive.deterministic_run_bound), and "cannot tell" comes as soon as
-# the runs show the target is out of reach. The budget is what a 20-point rise takes: with
-# 800 runs, p = 0.5 against q = 0.3 on 1,000 commits was named in 38-57 % of the bisections
-# (the rest `undecided`); with 2,000, in 92.5-96 % (mean 790-1,030 runs, p95 1,640-2,000;
-# 92.5 % over 400 trials with 25 % unrelated errors), and an error that shows on both
-# sides ends `good_is_bad` in 9 of 10 instead of 2-5 of 10
-# (BENCHMARKS.md, calibration grid). A site sets its own per tester (`run_budget` in
-# BISECT_TESTERS: consumer/profiles.py); the task timeout bounds the time all the same.
-DEFAULT_RUN_BUDGET = 2000
+# the runs show the target is out of reach. The budget is what a 20-point rise takes. On
+# 1,000 commits, p = 0.5 against q = 0.3 with 25 % unrelated errors was named in 38 % of
+# the bisections at 800 runs (the rest `undecided`), 92.5 % at 2,000 (400 trials) and
+# 97.75 % at 3,000 (mean 1,060 runs, p95 about 2,000-2,250): only the bisections the budget
+# cut short run longer, and no wrong answer is added (BENCHMARKS.md, calibration grid). A
+# site sets its own per tester (`run_budget` in BISECT_TESTERS: consumer/profiles.py); the
+# task timeout bounds the time all the same.
+DEFAULT_RUN_BUDGET = 3000
 DEFAULT_DETERMINISTIC_RUN_BUDGET = 60  # limits.flaky = false: git's search
 # Usable runs of the bad commit without the error before "not reproduced": an error shown in
 # 30 % of runs stays hidden that long 0.7^15 < 0.5 % of the time, one shown in 10 % 21 %
