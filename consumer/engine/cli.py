@@ -9,7 +9,8 @@ skipped on exit 125; without it exit codes decide as in ``git bisect run``.
 The default search works for deterministic and flaky tests alike: it retests where the
 runs disagree, estimates how often the error shows before and after the first bad commit,
 verifies the boundary with fresh runs and reports a confidence (``--confidence`` is the
-target); ``--no-flaky`` is ``git bisect``'s search, one run a commit. ``--known-verdicts
+target); ``--no-flaky`` is ``git bisect``'s search, one run a commit, for a test known to
+be deterministic (its confidence is what those runs tell if it may not be). ``--known-verdicts
 FILE`` reuses the verdicts a previous run wrote with ``--emit-verdicts FILE`` (or the
 ``verdict`` events of ``--json``); ``--fresh-runs`` ignores them.
 """
@@ -79,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the test is flaky (the default search finds that out itself; "
                             "kept for scripts)")
     flaky.add_argument("--no-flaky", dest="flaky", action="store_const", const=False,
-                       help="git bisect's search: one run a commit, contradictions end "
-                            "ambiguous")
+                       help="for a test known to be deterministic: git bisect's search, "
+                            "one run a commit and one fresh run each side of the boundary "
+                            "(ceil(log2 N) + 3 runs); contradictions end ambiguous, and the "
+                            "confidence is what so few runs tell if the test may be flaky "
+                            "(about 0.6)")
     parser.add_argument("--confidence", type=float, default=0.95, metavar="P",
                         help="stop when a commit is the culprit with this probability "
                              "(default %(default)s)")

@@ -22,6 +22,7 @@ class Answer:
     first_bad: str | None  # one commit, or None when ambiguous
     candidates: tuple[str, ...]  # the commit, or the set skips leave
     runs: int  # test command runs, the bad-commit check and verification included
+    confidence: float | None = None  # the engine's; git bisect claims none
 
 
 def git_bisect_run(repo: Path, bad: str, good: str, command: list[str], count_file: Path,
@@ -63,8 +64,11 @@ async def engine_answer(
     cache_dir: Path,
     error_id: str | None,
     slots: int = 1,
+    flaky: bool | None = None,
 ) -> tuple[Answer, list[Event]]:
-    """Run the engine in-process on ``repo``; the answer and every event it emitted."""
+    """Run the engine in-process on ``repo``; the answer and every event it emitted.
+
+    ``flaky`` False: git's search (``bisect-run --no-flaky``); None: the default search."""
     events: list[Event] = []
     spec = parse_spec({
         "repo_url": str(repo),
@@ -72,11 +76,12 @@ async def engine_answer(
         "good_commit": good,
         "error_id": error_id,
         "tester": {"kind": "command", "name": "compare", "command": command, "timeout": 60},
-        "limits": {"slots": slots},
+        "limits": {"slots": slots, **({} if flaky is None else {"flaky": flaky})},
         "cache_dir": str(cache_dir / "mirrors"),
         "work_dir": str(cache_dir / "work"),
     })
     result = await run_task(spec, events.append)
     events.append(result.to_event())
-    answer = Answer("bisect engine", result.first_bad_commit, result.candidates, result.runs)
+    answer = Answer("bisect engine", result.first_bad_commit, result.candidates, result.runs,
+                    result.confidence)
     return answer, events

@@ -9,7 +9,8 @@ from __future__ import annotations
 from consumer.engine import adaptive, flaky, git
 from consumer.engine.adaptive import AdaptiveSearch, Decision
 from consumer.engine.bayes import BayesianSearch
-from consumer.engine.changepoint import GOOD_SIDE
+from consumer.engine.changepoint import GOOD_SIDE, ChangePoint
+from consumer.engine.dag import Dag
 from consumer.engine.errors import EngineError
 from consumer.engine.evidence import Evidence
 from consumer.engine.result import (
@@ -244,30 +245,44 @@ async def head_check(ev: Evidence, culprit: str, rate: float | None) -> HeadChec
 
 
 async def verify(ev: Evidence, culprit: str) -> Verification:
-    """Boundary check: the culprit bad and every parent good.
+    """Boundary check of git's search (``limits.flaky`` false): one fresh run of the culprit
+    and one of each parent, the culprit to come back bad and every parent good.
 
-    Evidence already gathered counts (the search nearly always tested both sides of the
-    boundary); a side without a verdict of ours is tested now. ``verify: "retest"``
-    reruns both sides regardless. Verification runs are outside the run budget.
+    Fresh, never the search's own verdicts: re-reading those would check nothing. A
+    deterministic test needs one run a side; what they are worth when the test may be flaky
+    is in the confidence (:func:`runs_posterior`). Verification runs are outside the run
+    budget.
     """
-    retest = ev.limits.verify_retest
     runs_before = ev.runs
     notes: list[str] = []
     held = True
     for commit, want, role in [(culprit, Verdict.BAD, "culprit")] + [
         (p, Verdict.GOOD, "parent") for p in await git.parents_of(ev.mirror, culprit)
     ]:
-        had = commit in ev.outcomes
-        outcome = await ev.evaluate(commit, "verify", force=retest, budgeted=False)
-        if retest:
-            how = "retested"
-        elif not had:
-            how = "tested now"
-        else:
-            how = "known verdict" if commit in ev.reused else "tested during the search"
+        outcome = await ev.evaluate(commit, "verify", force=True, budgeted=False)
         if outcome.verdict is not want:
             held = False
-        notes.append(f"{role} {commit[:12]} {outcome.verdict.value} ({how})")
+        notes.append(f"{role} {commit[:12]} {outcome.verdict.value} (retested)")
     if len(notes) == 1:
         notes.append("root commit: no parent to test")
     return Verification(held=held, detail="; ".join(notes), runs=ev.runs - runs_before)
+
+
+def runs_posterior(ev: Evidence, dag: Dag, bad: str, goods: list[str], culprit: str
+                   ) -> tuple[float, ErrorRates]:
+    """P(``culprit``) and the error's rates, by the default search's model, over every run
+    this bisection made or reused.
+
+    Git's search takes one run a commit as the truth. That is what a deterministic test
+    gives, but the same runs come from a flaky test whose runs happened to agree, so the
+    confidence is what the runs tell when the test may be flaky: about 0.6-0.7 after git's
+    halving and one fresh run each side of the boundary (BENCHMARKS.md), never 1.
+    """
+    model = ChangePoint(dag, bad, goods)
+    for commit, outcome in ev.history:
+        model.record(commit, *adaptive.usable_counts(outcome))
+    rates = model.rates()
+    split = model.split(culprit)
+    return model.probability(culprit), ErrorRates(
+        round(rates.bad, 4), round(rates.good, 4), split.after_runs, split.after_bad,
+        split.before_runs, split.before_bad)

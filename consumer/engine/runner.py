@@ -208,8 +208,12 @@ class Bisection:
         if found.status is SearchStatus.FOUND and found.first_bad is not None:
             verification = (await conclusion.verify(self.ev, found.first_bad)
                             if self.limits.verify else None)
+            confidence, rates = conclusion.runs_posterior(self.ev, dag, bad, goods,
+                                                          found.first_bad)
+            # A boundary the fresh runs contradict keeps its cut to 0.5 (culprit_found).
             return await conclusion.culprit_found(
-                self.ev, found.first_bad, goods, found.confidence, verification=verification)
+                self.ev, found.first_bad, goods, confidence, verification=verification,
+                rates=rates)
         reason = found.reason
         if found.status is SearchStatus.UNFINISHED and budget_hit:
             reason = f"{self.ev.spent()} with {len(found.candidates)} candidates left"

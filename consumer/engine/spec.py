@@ -60,8 +60,9 @@ class Limits:
     confidence: float = DEFAULT_CONFIDENCE
     slots: int = DEFAULT_SLOTS
     different_error: DifferentErrorPolicy = DifferentErrorPolicy.SKIP
+    # Fresh runs on both sides of the boundary ("retest", from before every verification
+    # retested, is accepted as true)
     verify: bool = True
-    verify_retest: bool = False  # "verify": "retest" (flaky = false) reruns the boundary
     head_check: bool | str = False  # True: the spec's head_commit; a string: that revision
     retest_flaky: bool = False
     flaky: FlakyMode = FlakyMode.AUTO
@@ -232,7 +233,6 @@ def _limits(data: Any) -> Limits:
         slots=_int(data, "slots", DEFAULT_SLOTS, 1, MAX_SLOTS),
         different_error=different,
         verify=bool(verify),
-        verify_retest=verify == "retest",
         head_check=head_check,
         retest_flaky=bool(data.get("retest_flaky", False)),
         flaky=flaky,

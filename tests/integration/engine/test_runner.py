@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import pytest
@@ -213,14 +214,28 @@ async def test_parallel_slots_find_the_same_commit(tmp_path: Path) -> None:
     assert result.runs <= 2 * deterministic_run_bound(300)
 
 
-async def test_verification_retest_mode_reruns_the_boundary(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", 32, 20)
-    result, events = await bisect(make_spec(repo, tmp_path,
-                                            limits={"verify": "retest", "flaky": False}))
+async def test_git_search_verifies_with_fresh_runs_and_claims_no_certainty(
+        tmp_path: Path) -> None:
+    # limits.flaky false (bisect-run --no-flaky): git's halving, then one fresh run each
+    # side of the boundary. The runs of a deterministic test are also what a flaky test
+    # whose runs agreed by luck gives, so the confidence says what they tell, never 1.
+    repo = make_repo(tmp_path / "repo", 1000, 613)
+    result, events = await bisect(make_spec(repo, tmp_path, limits={"flaky": False}))
+    assert result.first_bad_commit == repo.culprit and result.strategy == "deterministic"
+    assert result.runs <= math.ceil(math.log2(1000)) + 3
     assert result.verification is not None and result.verification.held
-    assert result.verification.runs == 2
+    assert result.verification.runs == 2 and "retested" in result.verification.detail
     verify = [e["commit"] for e in _events(events, "step") if e["phase"] == "verify"]
-    assert verify == [repo.culprit, repo.shas[19]]
+    assert verify == [repo.culprit, repo.shas[612]]
+    assert 0.5 < result.confidence < 0.9
+    assert result.rates is not None and result.rates.before_bad == 0
+    assert result.rates.after_runs == result.rates.after_bad > 0
+    # Without the boundary's retests the same search tells even less.
+    unverified, _ = await bisect(make_spec(repo, tmp_path / "unverified",
+                                           limits={"flaky": False, "verify": False}))
+    assert unverified.first_bad_commit == repo.culprit and unverified.verification is None
+    assert unverified.runs == result.runs - 2
+    assert unverified.confidence < result.confidence
 
 
 async def test_exit_codes_decide_without_error_id(tmp_path: Path) -> None:

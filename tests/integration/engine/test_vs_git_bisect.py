@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,26 @@ async def test_skipped_range_right_before_the_culprit(tmp_path: Path) -> None:
 async def test_skipped_range_right_after_the_culprit(tmp_path: Path) -> None:
     repo, git, engine = await _both(tmp_path, 613, skip_range=range(614, 620))
     assert engine.first_bad == git.first_bad == repo.culprit
+
+
+def _on_a_branch(merges: int, seed: int) -> int:
+    parents = plan_history(N, merges=merges, seed=seed)
+    return next(i for i in range(480, N) if len(parents[i]) == 1 and parents[i][0] != i - 1)
+
+
+@pytest.mark.parametrize(("culprit", "history"), [
+    (613, {}), (1, {}), (N - 1, {}), (_on_a_branch(150, 7), {"merges": 150, "seed": 7})])
+async def test_git_search_keeps_issue_14s_bound_and_claims_no_certainty(
+        tmp_path: Path, culprit: int, history: dict[str, Any]) -> None:
+    # --no-flaky: the bad commit's check, git's halving and one fresh run each side of the
+    # boundary (a culprit with one parent). Those runs are also what a flaky test gives when
+    # its runs agree by luck, so they name the commit git names at a confidence below the
+    # default's 0.95.
+    repo = make_repo(tmp_path / "repo", N, culprit, **history)
+    git = git_bisect_run(repo.path, repo.head, repo.root, ["./check.sh"], tmp_path / "count")
+    off, _ = await engine_answer(repo.path, repo.head, repo.root, ["./check.sh"],
+                                 cache_dir=tmp_path / "cache", error_id=repo.error_id,
+                                 flaky=False)
+    assert off.first_bad == git.first_bad == repo.culprit
+    assert off.runs <= math.ceil(math.log2(N)) + 3
+    assert off.confidence is not None and 0 < off.confidence < 0.95

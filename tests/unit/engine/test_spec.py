@@ -21,7 +21,7 @@ def test_minimal_spec_gets_defaults() -> None:
     assert spec.good_commit is None and spec.error_id is None
     assert spec.limits.slots == 1 and spec.limits.run_budget == DEFAULT_RUN_BUDGET
     assert spec.limits.different_error is DifferentErrorPolicy.SKIP
-    assert spec.limits.verify and not spec.limits.verify_retest
+    assert spec.limits.verify
 
 
 def test_full_spec() -> None:
@@ -37,7 +37,7 @@ def test_full_spec() -> None:
         "bad_job_id": 123,
     })
     assert spec.bad_job_id == "123"
-    assert spec.task_id == 7 and spec.limits.slots == 3 and spec.limits.verify_retest
+    assert spec.task_id == 7 and spec.limits.slots == 3 and spec.limits.verify
     assert spec.limits.different_error is DifferentErrorPolicy.GOOD
     (known,) = spec.known_verdicts
     assert (known.commit, known.verdict, known.runs, known.bad_runs, known.job_id) == (
