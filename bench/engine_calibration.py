@@ -1,7 +1,7 @@
 """Is the default search right, cheap and honest? The calibration grid of issue 14.
 
     nice -n 10 python bench/engine_calibration.py [--trials 200] [--jobs 2] [--sizes 100 1000]
-        [--merges] [--p 0.5] [--q 0.3] [--noise 0] [--known-rates] [--q-never 0.3]
+        [--merges] [--p 0.5] [--q 0.3] [--noise 0] [--known-rates] [--q-never 0.3] [--no-flaky]
 
 Every cell of p (the rate our error shows at and after the first bad commit) x q (its
 rate before it) x noise (runs ending in an unrelated error: skips) x N (commits in the
@@ -24,8 +24,10 @@ than a binomial at the stated confidence gives with 1 % probability.
 ``--known-rates`` is a diagnostic, not the engine: the model is told p and q (its prior
 put on the true rates), which separates the runs spent learning the rates from the
 search's own cost. ``--q-never`` replaces the prior ``P(q = 0)``
-(:data:`consumer.engine.changepoint.Q_NEVER`) to compare priors on the same seeds. ``--p``,
-``--q`` and ``--noise`` pick cells.
+(:data:`consumer.engine.changepoint.Q_NEVER`) to compare priors on the same seeds.
+``--no-flaky`` runs git's search instead (``limits.flaky`` false,
+:func:`consumer.engine.simulate.run_git_trial`): what declaring a test deterministic costs
+when it is not. ``--p``, ``--q`` and ``--noise`` pick cells.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import consumer.engine.changepoint as changepoint
 from consumer.engine.changepoint import RATES, Rates, capacity
-from consumer.engine.simulate import Scenario, Trial, merge_history, run_trial
-from consumer.engine.spec import DEFAULT_REPRODUCE_RUNS, DEFAULT_RUN_BUDGET
+from consumer.engine.simulate import Scenario, Trial, merge_history, run_git_trial, run_trial
+from consumer.engine.spec import (
+    DEFAULT_DETERMINISTIC_RUN_BUDGET,
+    DEFAULT_REPRODUCE_RUNS,
+    DEFAULT_RUN_BUDGET,
+)
 
 P_VALUES = (1.0, 0.8, 0.5, 0.3)
 Q_VALUES = (0.0, 0.05, 0.1, 0.3)
@@ -82,6 +88,7 @@ class Options:
     budget: int = DEFAULT_RUN_BUDGET
     reproduce_runs: int = DEFAULT_REPRODUCE_RUNS
     bursts: tuple[float, int] = (0.0, 0)  # (P a burst starts before a run, its runs)
+    git_search: bool = False  # --no-flaky: git's search instead of the default one
 
 
 def scenario(cell: Cell, seed: int, merges: bool = False,
@@ -120,9 +127,13 @@ def run_cell(args: tuple[Cell, range, Options]) -> tuple[Cell, list[Trial], floa
     cell, seeds, opts = args
     tell_rates(cell if opts.known_rates else None, opts.q_never)
     started = time.monotonic()
-    results = [run_trial(scenario(cell, seed, opts.merges, opts.bursts), seed,
-                         budget=opts.budget, reproduce_runs=opts.reproduce_runs)
-               for seed in seeds]
+    if opts.git_search:
+        results = [run_git_trial(scenario(cell, seed, opts.merges, opts.bursts), seed,
+                                 budget=opts.budget) for seed in seeds]
+    else:
+        results = [run_trial(scenario(cell, seed, opts.merges, opts.bursts), seed,
+                             budget=opts.budget, reproduce_runs=opts.reproduce_runs)
+                   for seed in seeds]
     return cell, results, time.monotonic() - started
 
 
@@ -135,6 +146,7 @@ def save_trials(path: str, cell: Cell, seeds: range, results: list[Trial],
                 "n": cell.n, "p": cell.p, "q": cell.q, "noise": cell.noise,
                 "merges": opts.merges, "budget": opts.budget,
                 "reproduce_runs": opts.reproduce_runs, "bursts": list(opts.bursts),
+                "search": "git" if opts.git_search else "default",
                 "seed": seed, "status": trial.status,
                 "answer": trial.answer, "confidence": trial.confidence, "runs": trial.runs,
                 "right": trial.right}) + "\n")
@@ -209,8 +221,13 @@ def main() -> int:
                         help="diagnostic: tell the model p and q (cells with q < p only)")
     parser.add_argument("--q-never", type=float, default=None,
                         help="diagnostic: the prior P(q = 0) instead of the engine's")
-    parser.add_argument("--budget", type=int, default=DEFAULT_RUN_BUDGET,
-                        help=f"the run budget (default: the engine's, {DEFAULT_RUN_BUDGET})")
+    parser.add_argument("--budget", type=int, default=None,
+                        help=f"the run budget (default: the engine's, {DEFAULT_RUN_BUDGET}; "
+                             f"{DEFAULT_DETERMINISTIC_RUN_BUDGET} with --no-flaky)")
+    parser.add_argument("--no-flaky", action="store_true",
+                        help="git's search (limits.flaky false), one run a commit and one "
+                             "fresh run each side of the boundary: what declaring a flaky "
+                             "test deterministic costs")
     parser.add_argument("--reproduce-runs", type=int, default=DEFAULT_REPRODUCE_RUNS,
                         help="usable runs of the bad commit without the error before "
                              f"'not reproduced' (default: the engine's, {DEFAULT_REPRODUCE_RUNS})")
@@ -220,9 +237,11 @@ def main() -> int:
                              "with probability START and then RUNS runs in a row showing "
                              "the error whatever the commit (default: none)")
     args = parser.parse_args()
+    if args.budget is None:
+        args.budget = DEFAULT_DETERMINISTIC_RUN_BUDGET if args.no_flaky else DEFAULT_RUN_BUDGET
     opts = Options(merges=args.merges, known_rates=args.known_rates, q_never=args.q_never,
                    budget=args.budget, reproduce_runs=args.reproduce_runs,
-                   bursts=(args.bursts[0], int(args.bursts[1])))
+                   bursts=(args.bursts[0], int(args.bursts[1])), git_search=args.no_flaky)
     off_grid = [r for r in (*args.p, *args.q) if r not in RATES]
     if args.known_rates and off_grid:
         parser.error(f"--known-rates: {off_grid} not on the model's rate grid {RATES}")
@@ -233,7 +252,7 @@ def main() -> int:
     told = ", the model TOLD the rates (diagnostic)" if args.known_rates else ""
     if args.q_never is not None:
         told += f", prior P(q = 0) = {args.q_never} (diagnostic)"
-    if args.budget != DEFAULT_RUN_BUDGET:
+    if args.budget != (DEFAULT_DETERMINISTIC_RUN_BUDGET if args.no_flaky else DEFAULT_RUN_BUDGET):
         told += f", run budget {args.budget}"
     if args.reproduce_runs != DEFAULT_REPRODUCE_RUNS:
         told += f", limits.reproduce_runs {args.reproduce_runs}"
@@ -242,7 +261,8 @@ def main() -> int:
                  f"P {opts.bursts[0]} a run")
     first = f" (seeds {args.first_trial}-{args.first_trial + args.trials - 1})" if (
         args.first_trial) else ""
-    print(f"{len(cells)} cells x {args.trials} trials{first}, {shape} histories, default settings "
+    settings = "git's search (--no-flaky)" if args.no_flaky else "default settings"
+    print(f"{len(cells)} cells x {args.trials} trials{first}, {shape} histories, {settings} "
           f"(confidence 0.95){told}\n")
     print("| N | p | q | noise | right | other answers | runs mean | runs p95 | "
           "info limit | mean / limit | right at >= 0.5 / 0.8 / 0.95 |")

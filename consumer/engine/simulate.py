@@ -21,10 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from consumer.engine.adaptive import AdaptiveSearch, Decision, reproduced
-from consumer.engine.changepoint import GOOD_SIDE
+from consumer.engine.adaptive import FOUND, AdaptiveSearch, Decision, reproduced, usable_counts
+from consumer.engine.changepoint import GOOD_SIDE, ChangePoint
 from consumer.engine.dag import Dag
-from consumer.engine.spec import DEFAULT_CONFIDENCE, DEFAULT_REPRODUCE_RUNS, DEFAULT_RUN_BUDGET
+from consumer.engine.search import DeterministicSearch, SearchStatus
+from consumer.engine.spec import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_DETERMINISTIC_RUN_BUDGET,
+    DEFAULT_REPRODUCE_RUNS,
+    DEFAULT_RUN_BUDGET,
+)
 from consumer.engine.synthetic import plan_history
 from consumer.engine.verdicts import Outcome, Verdict
 
@@ -105,22 +111,8 @@ def run_trial(s: Scenario, seed: int, *, confidence: float = DEFAULT_CONFIDENCE,
               budget: int = DEFAULT_RUN_BUDGET, reproduce_runs: int = DEFAULT_REPRODUCE_RUNS,
               trace: Callable[[str], None] | None = None) -> Trial:
     """One simulated bisection; ``trace`` gets a line per run (for debugging)."""
-    rng = random.Random(seed)
     dag, is_after = history(s)
-    burst_left = 0
-
-    def run(i: int) -> Outcome:
-        nonlocal burst_left
-        if s.burst_runs and not burst_left and rng.random() < s.burst_start:
-            burst_left = s.burst_runs
-        if burst_left:
-            burst_left -= 1
-            return Outcome.of(Verdict.BAD)
-        if rng.random() < s.noise or i in s.untestable:
-            return Outcome.of(Verdict.SKIP)
-        shows = rng.random() < (s.p if is_after(i) else s.q)
-        return Outcome.of(Verdict.BAD if shows else Verdict.GOOD)
-
+    run = _test(s, is_after, random.Random(seed))
     bad = s.n - 1
     check: list[Outcome] = []
     usable = bad_runs = 0
@@ -156,6 +148,67 @@ def run_trial(s: Scenario, seed: int, *, confidence: float = DEFAULT_CONFIDENCE,
     return _trial(decision, s, search.runs, index)
 
 
+def _test(s: Scenario, is_after: Callable[[int], bool], rng: random.Random
+          ) -> Callable[[int], Outcome]:
+    """One run of the simulated test at commit ``i``."""
+    burst_left = 0
+
+    def run(i: int) -> Outcome:
+        nonlocal burst_left
+        if s.burst_runs and not burst_left and rng.random() < s.burst_start:
+            burst_left = s.burst_runs
+        if burst_left:
+            burst_left -= 1
+            return Outcome.of(Verdict.BAD)
+        if rng.random() < s.noise or i in s.untestable:
+            return Outcome.of(Verdict.SKIP)
+        shows = rng.random() < (s.p if is_after(i) else s.q)
+        return Outcome.of(Verdict.BAD if shows else Verdict.GOOD)
+
+    return run
+
+
+def run_git_trial(s: Scenario, seed: int, *, budget: int = DEFAULT_DETERMINISTIC_RUN_BUDGET,
+                  verify: bool = True) -> Trial:
+    """One simulated bisection by git's search (``limits.flaky`` false, ``--no-flaky``), as
+    the engine runs it: one run of the bad commit, git's halving (a commit run once, a skip
+    never retried, a contradiction ending ``ambiguous``), then one fresh run of the culprit
+    and of each parent; the confidence is the default model's posterior over every run
+    (:func:`consumer.engine.conclusion.runs_posterior`), cut to 0.5 when the retests
+    contradict the boundary. What it costs to declare a flaky test deterministic."""
+    dag, is_after = history(s)
+    run = _test(s, is_after, random.Random(seed))
+    index = {name(i): i for i in range(-1, s.n)}
+    bad = name(s.n - 1)
+    model = ChangePoint(dag, bad, [GOOD])
+    runs = 0
+
+    def test(commit: str) -> Outcome:
+        nonlocal runs
+        runs += 1
+        outcome = run(index[commit])
+        model.record(commit, *usable_counts(outcome))
+        return outcome
+
+    if test(bad).verdict is not Verdict.BAD:
+        return Trial("not_reproduced", None, 0.0, runs, False)
+    search = DeterministicSearch(dag, bad)
+    while runs < budget and (picks := search.next_commits(1)):
+        search.record(picks[0], test(picks[0]))
+    found = search.result()
+    if found.status is not SearchStatus.FOUND or found.first_bad is None:
+        return Trial("ambiguous", None, 0.0, runs, False)
+    culprit = found.first_bad
+    held = True
+    if verify:
+        held = test(culprit).verdict is Verdict.BAD
+        for parent in dag.parents(culprit):
+            held = test(parent).verdict is Verdict.GOOD and held
+    confidence = model.probability(culprit) if held else min(model.probability(culprit), 0.5)
+    decision = Decision(FOUND, culprit, confidence, (culprit,), None, model.rates())
+    return _trial(decision, s, runs, index)
+
+
 def _trial(d: Decision, s: Scenario, runs: int, index: dict[str, int]) -> Trial:
     """``right``: the true culprit named (or the good commit said bad when it is); with
     ``p <= q`` there is no change to find, and naming no commit is right."""
@@ -172,4 +225,4 @@ def _trial(d: Decision, s: Scenario, runs: int, index: dict[str, int]) -> Trial:
 
 
 __all__ = ["GOOD", "GOOD_SIDE", "Scenario", "Trial", "history", "linear_dag", "merge_dag",
-           "run_trial"]
+           "run_git_trial", "run_trial"]

@@ -11,7 +11,14 @@ import random
 import pytest
 
 from consumer.engine.adaptive import deterministic_run_bound
-from consumer.engine.simulate import Scenario, Trial, history, merge_history, run_trial
+from consumer.engine.simulate import (
+    Scenario,
+    Trial,
+    history,
+    merge_history,
+    run_git_trial,
+    run_trial,
+)
 
 TRIALS = 40
 
@@ -93,3 +100,22 @@ def test_merge_heavy_cells_are_right_and_calibrated(p: float, q: float, noise: f
     assert sum(t.right for t in trials) >= (TRIALS if p == 1.0 else 37)
     for level in (0.5, 0.8, 0.95):
         assert not _wrong_beyond_chance(trials, level), level
+
+
+def test_git_search_is_cheap_on_a_deterministic_test_and_claims_no_certainty() -> None:
+    # --no-flaky: issue 14's ceil(log2 N) + 3 runs (three untestable commits near the culprit
+    # may add a few), and what so few runs tell when the test may be flaky.
+    for seed in range(TRIALS):
+        rng = random.Random(f"git-{seed}")
+        trial = run_git_trial(Scenario(1000, rng.randrange(1000), 1.0, 0.0), seed)
+        assert trial.right and trial.runs <= math.ceil(math.log2(1000)) + 3
+        assert 0.0 < trial.confidence < 0.95
+
+
+@pytest.mark.parametrize(("p", "q"), [(0.8, 0.0), (1.0, 0.3), (0.5, 0.1)])
+def test_git_search_on_a_flaky_test_is_often_wrong_but_never_confident(p: float, q: float
+                                                                        ) -> None:
+    trials = [run_git_trial(Scenario(100, random.Random(f"git-{p}-{q}-{seed}").randrange(100),
+                                     p, q), seed) for seed in range(100)]
+    assert sum(t.status == "found" and not t.right for t in trials) >= 20  # it is the wrong tool
+    assert not any(t.status == "found" and not t.right and t.confidence >= 0.8 for t in trials)
