@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -210,6 +211,10 @@ class Bisection:
                             if self.limits.verify else None)
             confidence, rates = conclusion.runs_posterior(self.ev, dag, bad, goods,
                                                           found.first_bad)
+            if verification is not None:
+                verification = dataclasses.replace(verification, detail=(
+                    f"{verification.detail}; P(culprit) = {confidence:.3f} if the test may be "
+                    f"flaky (git's search: one run a commit)"))
             # A boundary the fresh runs contradict keeps its cut to 0.5 (culprit_found).
             return await conclusion.culprit_found(
                 self.ev, found.first_bad, goods, confidence, verification=verification,

@@ -225,6 +225,8 @@ async def test_git_search_verifies_with_fresh_runs_and_claims_no_certainty(
     assert result.runs <= math.ceil(math.log2(1000)) + 3
     assert result.verification is not None and result.verification.held
     assert result.verification.runs == 2 and "retested" in result.verification.detail
+    assert f"P(culprit) = {result.confidence:.3f} if the test may be flaky" in (
+        result.verification.detail)
     verify = [e["commit"] for e in _events(events, "step") if e["phase"] == "verify"]
     assert verify == [repo.culprit, repo.shas[612]]
     assert 0.5 < result.confidence < 0.9
