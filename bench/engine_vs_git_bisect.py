@@ -128,7 +128,7 @@ def what_the_runs_tell(sizes: tuple[int, ...] = (100, 1000), most: int = 5) -> s
             runs.append(picks[0])
         found = halving.result().first_bad
         assert found is not None
-        sides = [found, *dag.parents(found)]
+        sides = [found, *dag.all_parents(found)]
         for k in range(most + 1):
             model = ChangePoint(dag, bad, [simulate.GOOD])
             for commit in runs + sides * k:

@@ -278,11 +278,31 @@ def runs_posterior(ev: Evidence, dag: Dag, bad: str, goods: list[str], culprit: 
     confidence is what the runs tell when the test may be flaky: about 0.6-0.7 after git's
     halving and one fresh run each side of the boundary (BENCHMARKS.md), never 1.
     """
-    model = ChangePoint(dag, bad, goods)
-    for commit, outcome in ev.history:
-        model.record(commit, *adaptive.usable_counts(outcome))
+    model = _model_of_runs(ev, dag, bad, goods)
     rates = model.rates()
     split = model.split(culprit)
     return model.probability(culprit), ErrorRates(
         round(rates.bad, 4), round(rates.good, 4), split.after_runs, split.after_bad,
         split.before_runs, split.before_bad)
+
+
+def good_commit_bad(ev: Evidence, dag: Dag, bad: str, goods: list[str], good: str,
+                    why: str) -> BisectResult:
+    """Git's search: the good commit ``good`` showed the error when the verification
+    retested it, and ``why`` no older good commit is searched from. The confidence is the
+    good side's posterior, as a culprit's is."""
+    model = _model_of_runs(ev, dag, bad, goods)
+    rates = model.rates()
+    return finish(
+        ev, Status.GOOD_IS_BAD,
+        reason=f"the good commit {good[:12]} showed the error when retested: the regression "
+               f"is older than the range ({why})",
+        goods=goods, confidence=round(model.probability(GOOD_SIDE), 6),
+        rates=ErrorRates(round(rates.bad, 4), round(rates.good, 4)))
+
+
+def _model_of_runs(ev: Evidence, dag: Dag, bad: str, goods: list[str]) -> ChangePoint:
+    model = ChangePoint(dag, bad, goods)
+    for commit, outcome in ev.history:
+        model.record(commit, *adaptive.usable_counts(outcome))
+    return model

@@ -197,33 +197,67 @@ class Bisection:
         if isinstance(found_range, BisectResult):
             return found_range
         dag, goods = found_range
-        search = self._strategy(dag, bad)
-        await self._feed(search, dag, bad)
         side = asyncio.create_task(self.ev.evaluate(bad, "check_bad")) if overlap else None
-        budget_hit = await self._search(search, side=side)
-        if side is not None and side.result().verdict is not Verdict.BAD:  # raises its error
-            return conclusion.not_reproduced(self.ev, bad)
-        found = search.result()
-        if isinstance(search, BayesianSearch):
-            return await conclusion.conclude_bayesian(self.ev, search, found, budget_hit, goods)
-        if found.status is SearchStatus.FOUND and found.first_bad is not None:
-            verification = (await conclusion.verify(self.ev, found.first_bad)
+        stepped_back = False
+        while True:
+            search = self._strategy(dag, bad)
+            await self._feed(search, dag, bad)
+            budget_hit = await self._search(search, side=side)
+            if side is not None and side.result().verdict is not Verdict.BAD:  # raises its error
+                return conclusion.not_reproduced(self.ev, bad)
+            side = None
+            found = search.result()
+            if isinstance(search, BayesianSearch):
+                return await conclusion.conclude_bayesian(self.ev, search, found, budget_hit,
+                                                          goods)
+            if found.status is not SearchStatus.FOUND or found.first_bad is None:
+                break
+            culprit = found.first_bad
+            verification = (await conclusion.verify(self.ev, culprit)
                             if self.limits.verify else None)
-            confidence, rates = conclusion.runs_posterior(self.ev, dag, bad, goods,
-                                                          found.first_bad)
+            shown = [g for g in goods if g in await git.parents_of(self.mirror, culprit)
+                     and self.ev.outcomes[g].verdict is Verdict.BAD]
+            if verification is not None and shown:
+                # The good commit showed the error: the regression is older than the range.
+                # Step back from it once, as the default search does, and search on.
+                if stepped_back:
+                    older, why = None, "the older good commit it stepped back to showed it too"
+                else:
+                    older, why = await self._older_good(shown[0])
+                if not older:
+                    return conclusion.good_commit_bad(self.ev, dag, bad, goods, shown[0], why)
+                self.log.info("good_commit_is_bad", good=shown[0], older_good=older[0])
+                dag = Dag.from_rev_list(await git.range_parents(self.mirror, bad, older))
+                self.emit(make_event(RANGE, good=older, bad=bad, candidates=len(dag)))
+                goods, stepped_back = older, True
+                continue
+            confidence, rates = conclusion.runs_posterior(self.ev, dag, bad, goods, culprit)
             if verification is not None:
                 verification = dataclasses.replace(verification, detail=(
                     f"{verification.detail}; P(culprit) = {confidence:.3f} if the test may be "
                     f"flaky (git's search: one run a commit)"))
             # A boundary the fresh runs contradict keeps its cut to 0.5 (culprit_found).
             return await conclusion.culprit_found(
-                self.ev, found.first_bad, goods, confidence, verification=verification,
-                rates=rates)
+                self.ev, culprit, goods, confidence, verification=verification, rates=rates)
         reason = found.reason
         if found.status is SearchStatus.UNFINISHED and budget_hit:
             reason = f"{self.ev.spent()} with {len(found.candidates)} candidates left"
         return conclusion.finish(self.ev, Status.AMBIGUOUS, reason=reason,
                                  candidates=found.candidates, goods=goods)
+
+    async def _older_good(self, good: str) -> tuple[list[str] | None, str]:
+        """A good commit older than ``good`` (1, 2, 4, ... first-parent commits back), or
+        None and why there is none."""
+        try:
+            older = await range_finder.find_good(self.ev, good)
+        except BudgetSpent:
+            return None, f"{self.ev.spent()} before an older good commit was found"
+        if older is None:
+            return None, (f"no good commit within {self.limits.max_good_search} first-parent "
+                          f"commits before it")
+        if not older:
+            return None, "every first-parent commit back to the root shows it"
+        return older, ""
 
     def _strategy(self, dag: Dag, bad: str) -> SearchStrategy:
         if self.strategy_factory is not None:

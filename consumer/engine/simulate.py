@@ -21,7 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from consumer.engine.adaptive import FOUND, AdaptiveSearch, Decision, reproduced, usable_counts
+from consumer.engine.adaptive import (
+    FOUND,
+    GOOD_IS_BAD,
+    AdaptiveSearch,
+    Decision,
+    reproduced,
+    usable_counts,
+)
 from consumer.engine.changepoint import GOOD_SIDE, ChangePoint
 from consumer.engine.dag import Dag
 from consumer.engine.search import DeterministicSearch, SearchStatus
@@ -175,7 +182,9 @@ def run_git_trial(s: Scenario, seed: int, *, budget: int = DEFAULT_DETERMINISTIC
     never retried, a contradiction ending ``ambiguous``), then one fresh run of the culprit
     and of each parent; the confidence is the default model's posterior over every run
     (:func:`consumer.engine.conclusion.runs_posterior`), cut to 0.5 when the retests
-    contradict the boundary. What it costs to declare a flaky test deterministic."""
+    contradict the boundary. A retest of the good commit that shows the error ends
+    ``good_is_bad`` (the engine steps back to older commits, which the simulation has not).
+    What it costs to declare a flaky test deterministic."""
     dag, is_after = history(s)
     run = _test(s, is_after, random.Random(seed))
     index = {name(i): i for i in range(-1, s.n)}
@@ -202,11 +211,19 @@ def run_git_trial(s: Scenario, seed: int, *, budget: int = DEFAULT_DETERMINISTIC
     held = True
     if verify:
         held = test(culprit).verdict is Verdict.BAD
-        for parent in dag.parents(culprit):
-            held = test(parent).verdict is Verdict.GOOD and held
+        for parent in dag.all_parents(culprit):  # the good commit too, for the oldest
+            verdict = test(parent).verdict
+            if verdict is Verdict.BAD and parent == GOOD:
+                # The good commit showed the error: the engine steps back to older commits,
+                # which this range has not; their search is counted as this answer.
+                good_side = Decision(GOOD_IS_BAD, None, model.probability(GOOD_SIDE), (), None,
+                                     model.rates())
+                return _trial(good_side, s, runs, index)
+            held = held and verdict is Verdict.GOOD
     confidence = model.probability(culprit) if held else min(model.probability(culprit), 0.5)
     decision = Decision(FOUND, culprit, confidence, (culprit,), None, model.rates())
     return _trial(decision, s, runs, index)
+
 
 
 def _trial(d: Decision, s: Scenario, runs: int, index: dict[str, int]) -> Trial:

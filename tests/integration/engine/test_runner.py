@@ -91,9 +91,17 @@ async def test_root_commit_bad_is_the_answer(tmp_path: Path) -> None:
     assert result.verification is not None and "root commit" in result.verification.detail
 
 
-async def test_a_bad_good_commit_extends_the_search_to_older_commits(tmp_path: Path) -> None:
+# Both searches: the default one and git's (limits.flaky false), whose verification
+# retests the given good commit when the halving ends next to it.
+SEARCHES = [pytest.param({}, id="default"), pytest.param({"flaky": False}, id="git")]
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+async def test_a_bad_good_commit_extends_the_search_to_older_commits(
+        tmp_path: Path, search: dict[str, object]) -> None:
     repo = make_repo(tmp_path / "repo", 100, 30)
-    result, events = await bisect(make_spec(repo, tmp_path, good_commit=repo.shas[50]))
+    result, events = await bisect(make_spec(repo, tmp_path, good_commit=repo.shas[50],
+                                            limits=search))
     assert result.status is Status.FOUND and result.first_bad_commit == repo.culprit
     assert result.good_commits and repo.index(result.good_commits[0]) < 30
     ranges = _events(events, "range")
@@ -101,14 +109,19 @@ async def test_a_bad_good_commit_extends_the_search_to_older_commits(tmp_path: P
     assert result.runs <= 3 * deterministic_run_bound(100)  # two ranges and a walk back
 
 
-async def test_good_is_bad_when_nothing_older_is_good(tmp_path: Path) -> None:
+@pytest.mark.parametrize("search", SEARCHES)
+async def test_good_is_bad_when_nothing_older_is_good(tmp_path: Path,
+                                                      search: dict[str, object]) -> None:
     repo = make_repo(tmp_path / "repo", 40, 0)
     spec = make_spec(repo, tmp_path, good_commit=repo.shas[20],
-                     limits={"max_good_search": 4})
+                     limits={"max_good_search": 4, **search})
     result, _ = await bisect(spec)
     assert result.status is Status.GOOD_IS_BAD and result.exit_code is ExitCode.NO_RESULT
     assert result.first_bad_commit is None
-    assert "good commit shows the error" in (result.reason or "")
+    assert "good commit" in (result.reason or "") and "showed" in (result.reason or "")
+    if search:  # git's search says why it did not step back further
+        assert "no good commit within 4 first-parent commits" in (result.reason or "")
+    assert 0 < result.confidence < 1
     assert result.to_event()["status"] == "good_is_bad"
 
 
