@@ -215,7 +215,8 @@ class Bisection:
             culprit = found.first_bad
             verification = (await conclusion.verify(self.ev, culprit)
                             if self.limits.verify else None)
-            shown = [g for g in goods if g in await git.parents_of(self.mirror, culprit)
+            parents = await git.parents_of(self.mirror, culprit)
+            shown = [g for g in goods if g in parents and g in self.ev.outcomes
                      and self.ev.outcomes[g].verdict is Verdict.BAD]
             if verification is not None and shown:
                 # The good commit showed the error: the regression is older than the range.

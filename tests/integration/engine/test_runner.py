@@ -109,6 +109,18 @@ async def test_a_bad_good_commit_extends_the_search_to_older_commits(
     assert result.runs <= 3 * deterministic_run_bound(100)  # two ranges and a walk back
 
 
+async def test_git_search_without_verification_leaves_the_good_commit_untested(
+        tmp_path: Path) -> None:
+    # No retest, so nothing says the given good commit is bad: the halving's answer, at
+    # the little confidence its runs support.
+    repo = make_repo(tmp_path / "repo", 40, 0)
+    spec = make_spec(repo, tmp_path, good_commit=repo.shas[20],
+                     limits={"flaky": False, "verify": False})
+    result, _ = await bisect(spec)
+    assert result.status is Status.FOUND and result.first_bad_commit == repo.shas[21]
+    assert result.verification is None and result.confidence < 0.5
+
+
 @pytest.mark.parametrize("search", SEARCHES)
 async def test_good_is_bad_when_nothing_older_is_good(tmp_path: Path,
                                                       search: dict[str, object]) -> None:
