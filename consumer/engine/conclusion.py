@@ -6,7 +6,7 @@ outside the run budget.
 
 from __future__ import annotations
 
-from consumer.engine import adaptive, flaky, git
+from consumer.engine import adaptive, flaky, git, range_finder
 from consumer.engine.adaptive import AdaptiveSearch, Decision
 from consumer.engine.bayes import BayesianSearch
 from consumer.engine.changepoint import GOOD_SIDE, ChangePoint
@@ -246,7 +246,8 @@ async def head_check(ev: Evidence, culprit: str, rate: float | None) -> HeadChec
 
 async def verify(ev: Evidence, culprit: str) -> Verification:
     """Boundary check of git's search (``limits.flaky`` false): one fresh run of the culprit
-    and one of each parent, the culprit to come back bad and every parent good.
+    and one of each parent (repeated while it skips), the culprit to come back bad and every
+    parent good.
 
     Fresh, never the search's own verdicts: re-reading those would check nothing. A
     deterministic test needs one run a side; what they are worth when the test may be flaky
@@ -259,7 +260,8 @@ async def verify(ev: Evidence, culprit: str) -> Verification:
     for commit, want, role in [(culprit, Verdict.BAD, "culprit")] + [
         (p, Verdict.GOOD, "parent") for p in await git.parents_of(ev.mirror, culprit)
     ]:
-        outcome = await ev.evaluate(commit, "verify", force=True, budgeted=False)
+        outcome = await range_finder.usable_run(ev, commit, "verify", force=True,
+                                                budgeted=False)
         if outcome.verdict is not want:
             held = False
         notes.append(f"{role} {commit[:12]} {outcome.verdict.value} (retested)")

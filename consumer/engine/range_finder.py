@@ -13,18 +13,35 @@ import contextlib
 from consumer.engine import adaptive, flaky, git
 from consumer.engine.evidence import BudgetSpent, Evidence
 from consumer.engine.spec import FlakyMode
-from consumer.engine.verdicts import Verdict
+from consumer.engine.verdicts import Outcome, Verdict
+
+# Git's search (limits.flaky false) takes one run of a commit as its verdict, but a skipped
+# run (an unrelated error, a broken checkout) says nothing about our error: the runs it
+# cannot do without (the bad commit's check, the boundary's retests) are repeated while
+# they skip, this many times at most.
+ONE_RUN_TRIES = 3
+
+
+async def usable_run(ev: Evidence, commit: str, phase: str, *, force: bool,
+                     budgeted: bool = True) -> Outcome:
+    """A run of ``commit`` for git's search, repeated while it skips (:data:`ONE_RUN_TRIES`)."""
+    outcome = await ev.evaluate(commit, phase, force=force, budgeted=budgeted)
+    for _ in range(ONE_RUN_TRIES - 1):
+        if outcome.verdict is not Verdict.SKIP:
+            break
+        outcome = await ev.evaluate(commit, phase, force=True, budgeted=budgeted)
+    return outcome
 
 
 async def check_bad(ev: Evidence, bad: str) -> bool:
     """Run the bad commit until the error shows; False when it does not (bounded).
 
     A stored verdict never decides this: the check always runs (``limits.flaky`` false:
-    one run, as ``git bisect`` would).
+    one usable run, as ``git bisect`` would).
     """
     ev.forget_known(bad)
     if ev.limits.flaky is FlakyMode.OFF:
-        return (await ev.evaluate(bad, "check_bad")).verdict is Verdict.BAD
+        return (await usable_run(ev, bad, "check_bad", force=False)).verdict is Verdict.BAD
     tries = 0
     with contextlib.suppress(BudgetSpent):
         while True:

@@ -197,7 +197,8 @@ class Bisection:
         if isinstance(found_range, BisectResult):
             return found_range
         dag, goods = found_range
-        side = asyncio.create_task(self.ev.evaluate(bad, "check_bad")) if overlap else None
+        side = asyncio.create_task(range_finder.usable_run(
+            self.ev, bad, "check_bad", force=False)) if overlap else None
         stepped_back = False
         while True:
             search = self._strategy(dag, bad)

@@ -31,6 +31,7 @@ from consumer.engine.adaptive import (
 )
 from consumer.engine.changepoint import GOOD_SIDE, ChangePoint
 from consumer.engine.dag import Dag
+from consumer.engine.range_finder import ONE_RUN_TRIES
 from consumer.engine.search import DeterministicSearch, SearchStatus
 from consumer.engine.spec import (
     DEFAULT_CONFIDENCE,
@@ -180,11 +181,13 @@ def run_git_trial(s: Scenario, seed: int, *, budget: int = DEFAULT_DETERMINISTIC
     """One simulated bisection by git's search (``limits.flaky`` false, ``--no-flaky``), as
     the engine runs it: one run of the bad commit, git's halving (a commit run once, a skip
     never retried, a contradiction ending ``ambiguous``), then one fresh run of the culprit
-    and of each parent; the confidence is the default model's posterior over every run
-    (:func:`consumer.engine.conclusion.runs_posterior`), cut to 0.5 when the retests
-    contradict the boundary. A retest of the good commit that shows the error ends
-    ``good_is_bad`` (the engine steps back to older commits, which the simulation has not).
-    What it costs to declare a flaky test deterministic."""
+    and of each parent (the check and the retests repeated while they skip, up to
+    :data:`~consumer.engine.range_finder.ONE_RUN_TRIES` times). The confidence is the
+    default model's posterior over every run (:func:`consumer.engine.conclusion.
+    runs_posterior`), cut to 0.5 when the retests contradict the boundary. A retest of the
+    good commit that shows the error ends ``good_is_bad`` (the engine steps back to older
+    commits, which the simulation has not). What it costs to declare a flaky test
+    deterministic."""
     dag, is_after = history(s)
     run = _test(s, is_after, random.Random(seed))
     index = {name(i): i for i in range(-1, s.n)}
@@ -192,14 +195,18 @@ def run_git_trial(s: Scenario, seed: int, *, budget: int = DEFAULT_DETERMINISTIC
     model = ChangePoint(dag, bad, [GOOD])
     runs = 0
 
-    def test(commit: str) -> Outcome:
+    def test(commit: str, tries: int = 1) -> Outcome:
+        """``tries`` > 1: repeated while it skips (range_finder.usable_run)."""
         nonlocal runs
-        runs += 1
-        outcome = run(index[commit])
-        model.record(commit, *usable_counts(outcome))
+        for _ in range(tries):
+            runs += 1
+            outcome = run(index[commit])
+            model.record(commit, *usable_counts(outcome))
+            if outcome.verdict is not Verdict.SKIP:
+                break
         return outcome
 
-    if test(bad).verdict is not Verdict.BAD:
+    if test(bad, ONE_RUN_TRIES).verdict is not Verdict.BAD:
         return Trial("not_reproduced", None, 0.0, runs, False)
     search = DeterministicSearch(dag, bad)
     while runs < budget and (picks := search.next_commits(1)):
@@ -210,9 +217,9 @@ def run_git_trial(s: Scenario, seed: int, *, budget: int = DEFAULT_DETERMINISTIC
     culprit = found.first_bad
     held = True
     if verify:
-        held = test(culprit).verdict is Verdict.BAD
+        held = test(culprit, ONE_RUN_TRIES).verdict is Verdict.BAD
         for parent in dag.all_parents(culprit):  # the good commit too, for the oldest
-            verdict = test(parent).verdict
+            verdict = test(parent, ONE_RUN_TRIES).verdict
             if verdict is Verdict.BAD and parent == GOOD:
                 # The good commit showed the error: the engine steps back to older commits,
                 # which this range has not; their search is counted as this answer.

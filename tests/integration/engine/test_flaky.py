@@ -128,6 +128,46 @@ async def test_flaky_off_keeps_the_deterministic_answer(tmp_path: Path) -> None:
     assert result.confidence <= 0.5
 
 
+class SkipsOnce:
+    """The real test, except that run number ``n`` (1-based) of each commit in ``skips``
+    fails with an unrelated error (a skip): a test machine broken for one run."""
+
+    def __init__(self, inner: Any, skips: dict[str, int]) -> None:
+        self.inner = inner
+        self.skips = skips
+        self.runs: dict[str, int] = {}
+
+    async def test(self, commit: str, worktree: Path) -> Outcome:
+        self.runs[commit] = self.runs.get(commit, 0) + 1
+        if self.skips.get(commit) == self.runs[commit]:
+            return Outcome(Verdict.SKIP, detail="unrelated error E_OTHER")
+        result: Outcome = await self.inner.test(commit, worktree)
+        return result
+
+
+async def test_git_search_repeats_a_skipped_check_and_retest(tmp_path: Path) -> None:
+    # A skip says nothing about our error: git's search runs the bad commit's check and the
+    # boundary's retests again rather than ending "not reproduced" or "not clean".
+    repo = make_repo(tmp_path / "repo", 40, 17)
+    spec = make_spec(repo, tmp_path, limits={"flaky": False})
+    inner = testers.build_tester(spec.tester, testers.TesterContext(error_id=repo.error_id))
+    clean, _ = await bisect(spec)
+    events: list[dict[str, Any]] = []
+    # The head's first run (the check), and the culprit's and its parent's second (their
+    # retests: the halving ran each once).
+    tester = SkipsOnce(inner, {repo.head: 1, repo.culprit: 2, repo.shas[16]: 2})
+    result = await run_task(make_spec(repo, tmp_path / "skips", limits={"flaky": False}),
+                            events.append, tester=tester)
+    assert result.status is Status.FOUND and result.first_bad_commit == repo.culprit
+    steps = [(e["phase"], e["commit"], e["verdict"]) for e in events if e["event"] == "step"]
+    assert [s[2] for s in steps if s[0] == "check_bad"] == ["skip", "bad"]
+    assert [(c, v) for phase, c, v in steps if phase == "verify"] == [
+        (repo.culprit, "skip"), (repo.culprit, "bad"),
+        (repo.shas[16], "skip"), (repo.shas[16], "good")]
+    assert result.verification is not None and result.verification.held
+    assert result.runs == clean.runs + 3
+
+
 async def test_head_check_regressed(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", 90, 30)
     spec = make_spec(repo, tmp_path, bad_commit=repo.shas[60], head_commit=repo.head,
