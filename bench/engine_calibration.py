@@ -2,6 +2,7 @@
 
     nice -n 10 python bench/engine_calibration.py [--trials 200] [--jobs 2] [--sizes 100 1000]
         [--merges] [--p 0.5] [--q 0.3] [--noise 0] [--known-rates] [--q-never 0.3] [--no-flaky]
+        [--older]
 
 Every cell of p (the rate our error shows at and after the first bad commit) x q (its
 rate before it) x noise (runs ending in an unrelated error: skips) x N (commits in the
@@ -25,6 +26,8 @@ than a binomial at the stated confidence gives with 1 % probability.
 put on the true rates), which separates the runs spent learning the rates from the
 search's own cost. ``--q-never`` replaces the prior ``P(q = 0)``
 (:data:`consumer.engine.changepoint.Q_NEVER`) to compare priors on the same seeds.
+``--older`` puts the regression before the range instead (the given good commit shows the
+error at rate p, as every commit does; the right answer is ``good_is_bad``; q is not used).
 ``--no-flaky`` runs git's search instead (``limits.flaky`` false,
 :func:`consumer.engine.simulate.run_git_trial`): what declaring a test deterministic costs
 when it is not. ``--p``, ``--q`` and ``--noise`` pick cells.
@@ -66,14 +69,17 @@ class Cell:
     p: float
     q: float
     noise: float
+    older: bool = False  # the regression is older than the range: the good commit is bad
 
     @property
     def signal(self) -> bool:
+        if self.older:
+            return self.p >= 0.2 - 1e-9
         return self.p - self.q >= 0.2 - 1e-9
 
     def limit(self) -> float:
         """Runs at the information limit: log2 N bits at C(p, q) bits per usable run."""
-        if self.p <= self.q:
+        if self.p <= self.q or self.older:
             return math.inf
         return math.log2(self.n) / capacity(Rates(self.p, self.q)) / (1.0 - self.noise)
 
@@ -96,6 +102,8 @@ def scenario(cell: Cell, seed: int, merges: bool = False,
     rng = random.Random(f"{cell}-{seed}")
     draw = rng.random()
     culprit = 0 if draw < 0.1 else cell.n - 1 if draw < 0.2 else rng.randrange(cell.n)
+    if cell.older:
+        culprit = -1  # every commit of the range shows the error at rate p, the good one too
     merge_count = cell.n // 15 if merges else 0
     # The culprit and its parents stay testable: else no run could tell them apart, and
     # "ambiguous" would be the right answer.
@@ -146,7 +154,7 @@ def save_trials(path: str, cell: Cell, seeds: range, results: list[Trial],
                 "n": cell.n, "p": cell.p, "q": cell.q, "noise": cell.noise,
                 "merges": opts.merges, "budget": opts.budget,
                 "reproduce_runs": opts.reproduce_runs, "bursts": list(opts.bursts),
-                "search": "git" if opts.git_search else "default",
+                "search": "git" if opts.git_search else "default", "older": cell.older,
                 "seed": seed, "status": trial.status,
                 "answer": trial.answer, "confidence": trial.confidence, "runs": trial.runs,
                 "right": trial.right}) + "\n")
@@ -195,7 +203,8 @@ def row(cell: Cell, results: list[Trial], took: float) -> tuple[str, bool, bool]
     accurate = right / n >= 0.95 if cell.signal else True
     other = (f"{wrong} wrong, {count['good_is_bad']} good_is_bad, {count['undecided']} "
              f"undecided, {count['ambiguous']} ambiguous, {count['not_reproduced']} not repr.")
-    line = (f"| {cell.n} | {cell.p} | {cell.q} | {cell.noise} | {right / n:.1%}"
+    q = "older" if cell.older else cell.q
+    line = (f"| {cell.n} | {cell.p} | {q} | {cell.noise} | {right / n:.1%}"
             f"{'' if accurate else ' (!)'} | {other} | {mean:.1f} | {p95} | "
             f"{limit:.1f} | {ratio} | {calib}{'' if calibrated else ' **not calibrated**'} |")
     return line, accurate, calibrated
@@ -228,6 +237,9 @@ def main() -> int:
                         help="git's search (limits.flaky false), one run a commit and one "
                              "fresh run each side of the boundary: what declaring a flaky "
                              "test deterministic costs")
+    parser.add_argument("--older", action="store_true",
+                        help="the regression older than the range: the good commit shows the "
+                             "error at rate p like every commit (right: good_is_bad; q unused)")
     parser.add_argument("--reproduce-runs", type=int, default=DEFAULT_REPRODUCE_RUNS,
                         help="usable runs of the bad commit without the error before "
                              f"'not reproduced' (default: the engine's, {DEFAULT_REPRODUCE_RUNS})")
@@ -247,6 +259,11 @@ def main() -> int:
         parser.error(f"--known-rates: {off_grid} not on the model's rate grid {RATES}")
     cells = [Cell(n, p, q, noise) for n in args.sizes for p in args.p for q in args.q
              for noise in args.noise if q < p or (q == p and not args.known_rates)]
+    if args.older:
+        if args.known_rates:
+            parser.error("--older: the rates are not known (every commit is after the culprit)")
+        cells = [Cell(n, p, 0.0, noise, older=True) for n in args.sizes for p in args.p
+                 for noise in args.noise]
     started = time.monotonic()
     shape = "merge-heavy" if args.merges else "linear"
     told = ", the model TOLD the rates (diagnostic)" if args.known_rates else ""
@@ -256,6 +273,8 @@ def main() -> int:
         told += f", run budget {args.budget}"
     if args.reproduce_runs != DEFAULT_REPRODUCE_RUNS:
         told += f", limits.reproduce_runs {args.reproduce_runs}"
+    if args.older:
+        told += ", the regression OLDER than the range (the good commit shows the error too)"
     if opts.bursts[1]:
         told += (f", failures in bursts of {opts.bursts[1]} runs starting at "
                  f"P {opts.bursts[0]} a run")
