@@ -42,7 +42,7 @@ import random
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,7 +69,9 @@ class Cell:
     p: float
     q: float
     noise: float
-    older: bool = False  # the regression is older than the range: the good commit is bad
+    # The regression is older than the range: the good commit is bad. Left out of the repr,
+    # which seeds the cell's scenarios: every other cell keeps the seeds of its earlier runs.
+    older: bool = field(default=False, repr=False)
 
     @property
     def signal(self) -> bool:
