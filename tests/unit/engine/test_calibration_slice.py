@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import random
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +133,23 @@ def test_git_search_on_a_flaky_test_is_often_wrong_but_never_confident(p: float,
                                      p, q), seed) for seed in range(100)]
     assert sum(t.status == "found" and not t.right for t in trials) >= 20  # it is the wrong tool
     assert not any(t.status == "found" and not t.right and t.confidence >= 0.8 for t in trials)
+
+
+def test_the_calibration_bench_draws_the_histories_benchmarks_md_reports() -> None:
+    # BENCHMARKS.md compares runs of bench/engine_calibration.py over weeks, seed for seed:
+    # a change to how a cell seeds its scenarios (its repr) would quietly make every table
+    # incomparable with the next run. These are the histories of f479238 and before.
+    bench = str(Path(__file__).resolve().parents[3] / "bench")
+    sys.path.insert(0, bench)
+    try:
+        from engine_calibration import Cell, scenario  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(bench)
+    drawn = [(s.culprit, tuple(sorted(s.untestable)))
+             for s in (scenario(Cell(100, 0.5, 0.1, 0.0), seed) for seed in range(3))]
+    assert drawn == [(2, (3, 5, 8)), (99, (93, 96, 97)), (0, (1, 3, 5))]
+    drawn = [(s.culprit, tuple(sorted(s.untestable)))
+             for s in (scenario(Cell(1000, 0.8, 0.3, 0.25), seed) for seed in range(3))]
+    assert drawn == [(999, (993, 995, 997)), (906, (898, 908, 911)), (560, (558, 561, 562))]
+    older = scenario(Cell(100, 0.5, 0.0, 0.0, older=True), 0)  # the skips at the good end
+    assert (older.culprit, tuple(sorted(older.untestable))) == (-1, (0, 6, 7))
