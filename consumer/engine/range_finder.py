@@ -61,13 +61,27 @@ def looks_flaky(ev: Evidence, bad: str) -> bool:
     return tally is not None and tally.runs > tally.bad_runs
 
 
-async def confirmed_good(ev: Evidence, commit: str, bad: str) -> bool:
+async def confirmed_good(ev: Evidence, commit: str, bad: str,
+                         rate: float | None = None) -> bool:
     """A flaky test's good verdict on a candidate good commit, repeated until it is
-    unlikely that the error merely failed to show; any bad run makes it bad."""
-    if ev.limits.flaky is FlakyMode.OFF or not looks_flaky(ev, bad):
+    unlikely that the error merely failed to show; any bad run makes it bad.
+
+    ``rate``: the rate the error shows at on a bad commit, when a search has measured it
+    (stepping back from a good commit that showed the error): the candidate must then pass
+    the runs that rate needs at the search's stopping point, since a candidate is kept only
+    because its first run came out good, and a bad one kept turns the next search wrong.
+    Else the bad commit's runs say whether the test is flaky and how flaky.
+    """
+    if ev.limits.flaky is FlakyMode.OFF:
         return True
-    rate = flaky.Tally().merge(ev.tally.get(bad)).rate_estimate()
-    needed = flaky.good_runs_needed(rate, ev.limits.confidence)
+    if rate is None:
+        if not looks_flaky(ev, bad):
+            return True
+        rate = flaky.Tally().merge(ev.tally.get(bad)).rate_estimate()
+        needed = flaky.good_runs_needed(rate, ev.limits.confidence)
+    else:
+        stop_at = 1.0 - (1.0 - ev.limits.confidence) * adaptive.STOP_MARGIN
+        needed = flaky.good_runs_needed(rate, stop_at)
     while (tally := ev.tally.get(commit, flaky.Tally())).bad_runs == 0:
         if tally.runs >= needed or tally.runs + tally.skips >= flaky.CONFIRM_TRIES:
             return tally.runs >= needed
@@ -75,8 +89,9 @@ async def confirmed_good(ev: Evidence, commit: str, bad: str) -> bool:
     return False
 
 
-async def find_good(ev: Evidence, bad: str) -> list[str] | None:
-    """Step back 1, 2, 4, ... first-parent commits from ``bad`` until one is good.
+async def find_good(ev: Evidence, bad: str, rate: float | None = None) -> list[str] | None:
+    """Step back 1, 2, 4, ... first-parent commits from ``bad`` until one is good
+    (:func:`confirmed_good`, with ``rate``).
 
     A bad root commit ends the walk with no good commit at all (``[]``): then the root
     itself is the first bad commit. None: no good commit within ``limits.max_good_search``.
@@ -91,7 +106,7 @@ async def find_good(ev: Evidence, bad: str) -> list[str] | None:
     while last >= 1:
         commit = chain[min(offset, last)]
         outcome = await ev.evaluate(commit, "find_good")
-        if outcome.verdict is Verdict.GOOD and await confirmed_good(ev, commit, bad):
+        if outcome.verdict is Verdict.GOOD and await confirmed_good(ev, commit, bad, rate):
             return [commit]
         if offset >= last:
             return [] if root_reached and outcome.verdict is Verdict.BAD else None

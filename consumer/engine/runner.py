@@ -40,6 +40,9 @@ BATCH_GRACE_MAX_S = 2.0
 
 # Culprit probabilities a progress event carries (most likely first).
 POSTERIOR_TOP = 20
+# Searches of a longer range after "the good commit is bad": a flaky test's older good
+# commit, kept after its runs came out good, can be bad too (then the next search says so)
+STEP_BACKS = 3
 
 
 class Bisection:
@@ -108,30 +111,38 @@ class Bisection:
         if isinstance(found, BisectResult):
             return found
         dag, goods = found
-        search = await self._adaptive_search(dag, bad, goods)
+        search = await self._adaptive_search(dag, bad, goods, goods_given=good is not None)
         decision, verify_runs = await self._adaptive_loop(search)
-        if decision.status == GOOD_IS_BAD and goods:
+        step_backs = 0
+        while decision.status == GOOD_IS_BAD and goods and step_backs < STEP_BACKS:
             # The regression is older than the range: step back from the good commit (1,
             # 2, 4, ... first-parent commits, as when no good commit is given) and search
-            # the longer range with every run made so far.
+            # the longer range with every run made so far. A candidate is confirmed at the
+            # rate the search measured: the good commit's own runs (the error in all of
+            # them) would take a flaky test for a deterministic one.
+            step_backs += 1
             try:
-                older = await range_finder.find_good(self.ev, goods[0])
+                older = await range_finder.find_good(self.ev, goods[0],
+                                                     rate=decision.rates.bad)
             except BudgetSpent:
                 older = None
-            if older:
-                self.log.info("good_commit_is_bad", good=goods[0], older_good=older[0])
-                dag = Dag.from_rev_list(await git.range_parents(self.mirror, bad, older))
-                self.emit(make_event(RANGE, good=older, bad=bad, candidates=len(dag)))
-                goods = older
-                search = await self._adaptive_search(dag, bad, goods)
-                decision, more = await self._adaptive_loop(search)
-                verify_runs += more
+            if not older:
+                break
+            self.log.info("good_commit_is_bad", good=goods[0], older_good=older[0])
+            dag = Dag.from_rev_list(await git.range_parents(self.mirror, bad, older))
+            self.emit(make_event(RANGE, good=older, bad=bad, candidates=len(dag)))
+            goods = older
+            search = await self._adaptive_search(dag, bad, goods, goods_given=False)
+            decision, more = await self._adaptive_loop(search)
+            verify_runs += more
         return await conclusion.conclude_adaptive(self.ev, search, decision, goods, verify_runs)
 
-    async def _adaptive_search(self, dag: Dag, bad: str, goods: list[str]) -> AdaptiveSearch:
-        """A default search over ``dag`` that starts from every run made so far."""
+    async def _adaptive_search(self, dag: Dag, bad: str, goods: list[str], *,
+                               goods_given: bool = True) -> AdaptiveSearch:
+        """A default search over ``dag`` that starts from every run made so far;
+        ``goods_given`` False for good commits found by stepping back."""
         search = AdaptiveSearch(dag, bad, goods, confidence=self.limits.confidence,
-                                verify=self.limits.verify)
+                                verify=self.limits.verify, goods_given=goods_given)
         for commit, outcome in list(self.ev.history):  # every run, repeats too
             search.record(commit, outcome, fresh=outcome is not self.ev.known.get(commit))
         for commit in [*dag.order, *goods]:  # known verdicts of earlier bisections

@@ -109,6 +109,27 @@ async def test_a_bad_good_commit_extends_the_search_to_older_commits(
     assert result.runs <= 3 * deterministic_run_bound(100)  # two ranges and a walk back
 
 
+async def test_a_flaky_tests_bad_good_commit_is_stepped_back_from_at_the_measured_rate(
+        tmp_path: Path) -> None:
+    # The error shows in 80 % of runs from commit 23 on, and the given good commit (50)
+    # is after it. The good commit's own runs all showed the error, which once made the
+    # walk back take the test for a deterministic one and keep commit 48 after one good
+    # run: a bad commit, and the answer stayed good_is_bad (bench/engine_step_back.py,
+    # seed 1). The walk now confirms a candidate at the rate the search measured.
+    repo = make_repo(tmp_path / "repo", 150, 23, seed=1, flaky_p=0.8)
+    env = {"SYNTH_SEED": "1", "SYNTH_COUNT_FILE": str(tmp_path / "runs.count")}
+    result, events = await bisect(make_spec(repo, tmp_path, good_commit=repo.shas[50],
+                                            tester={"env": env}))
+    assert result.status is Status.FOUND and result.first_bad_commit == repo.culprit
+    ranges = _events(events, "range")
+    assert ranges[0]["good"] == [repo.shas[50]] and len(ranges) >= 2
+    older = str(result.good_commits[0])
+    assert repo.index(older) < 23
+    walked = [e for e in _events(events, "step")
+              if e["phase"] == "find_good" and e["commit"] == older]
+    assert len(walked) >= 3 and all(e["verdict"] == "good" for e in walked)
+
+
 async def test_git_search_without_verification_leaves_the_good_commit_untested(
         tmp_path: Path) -> None:
     # No retest, so nothing says the given good commit is bad: the halving's answer, at
