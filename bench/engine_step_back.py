@@ -1,7 +1,7 @@
 """A regression older than the range, through the real engine: the given good commit is bad.
 
     nice -n 5 python bench/engine_step_back.py [--trials 20] [--commits 150] [--p 1 0.8 0.5]
-        [--other 0 0.25] [--merges] [--jobs 4]
+        [--other 0 0.25] [--merges] [--jobs 4] [--no-good]
 
 Issue 14: "Test the given good commit. If it shows the error, the outcome is a clear
 ``good_is_bad``. Where that is cheap, extend the search to older commits and find the real
@@ -13,6 +13,9 @@ variant for p < 1) whose culprit lies in its first third, gives the engine a goo
 default settings. The search over the given range should end ``good_is_bad``, step back
 from the good commit (1, 2, 4, ... first-parent commits) to an older good one, and name
 the culprit over the longer range, with every run made so far.
+
+``--no-good`` gives no good commit at all, as compass-ci's jobs do: the engine steps back
+from the bad commit to find one, and a flaky test can fool that walk the same way.
 
 Per cell (p, the unrelated-error rate): how often the culprit was named, how often the
 answer stayed ``good_is_bad`` or named another commit, the runs (mean and max), and how
@@ -53,7 +56,7 @@ class Trial:
 
 
 async def one_trial(p: float, other: float, seed: int, commits: int, merges: bool,
-                    base: Path, gate: asyncio.Semaphore) -> Trial:
+                    base: Path, gate: asyncio.Semaphore, no_good: bool = False) -> Trial:
     async with gate:
         rng = random.Random(f"{p}-{other}-{seed}")
         culprit = rng.randrange(2, commits // 3)
@@ -68,7 +71,8 @@ async def one_trial(p: float, other: float, seed: int, commits: int, merges: boo
                  if repo.states[i] == "bad"]
         good = repo.shas[rng.choice(shown)]
         spec = parse_spec({
-            "repo_url": str(repo.path), "bad_commit": repo.head, "good_commit": good,
+            "repo_url": str(repo.path), "bad_commit": repo.head,
+            "good_commit": None if no_good else good,
             "error_id": repo.error_id,
             "tester": {"kind": "command", "name": "bench", "command": ["./check.sh"],
                        "timeout": 60, "env": {"SYNTH_SEED": str(seed),
@@ -107,7 +111,7 @@ async def run(args: argparse.Namespace, base: Path) -> list[str]:
     for p in args.p:
         for other in args.other:
             trials = await asyncio.gather(*(
-                one_trial(p, other, seed, args.commits, args.merges, base, gate)
+                one_trial(p, other, seed, args.commits, args.merges, base, gate, args.no_good)
                 for seed in range(args.trials)))
             lines.append(row(p, other, list(trials)))
             print(lines[-1], flush=True)
@@ -124,6 +128,8 @@ def main() -> int:
                         help="rate of runs ending in an unrelated error")
     parser.add_argument("--merges", action="store_true", help="a merge every 15 commits")
     parser.add_argument("--jobs", type=int, default=4, help="bisections at once")
+    parser.add_argument("--no-good", action="store_true",
+                        help="no good commit given: the engine finds one (compass-ci's case)")
     args = parser.parse_args()
     if args.commits < 3 * 3:
         parser.error("--commits: at least 9 (the culprit lies in the first third)")
@@ -135,7 +141,8 @@ def main() -> int:
     started = time.monotonic()
     print(f"{args.trials} trials a cell, {args.commits}-commit "
           f"{'merge-heavy' if args.merges else 'linear'} repositories, default settings; "
-          f"the given good commit 1-{FURTHEST} commits after the culprit\n")
+          + ("no good commit given\n" if args.no_good
+             else f"the given good commit 1-{FURTHEST} commits after the culprit\n"))
     with tempfile.TemporaryDirectory(prefix="bisect-step-back-") as tmp:
         lines = asyncio.run(run(args, Path(tmp)))
     print("\nIn order:\n\n" + "\n".join(lines))
