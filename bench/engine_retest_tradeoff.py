@@ -1,7 +1,7 @@
 """What the boundary's retests buy: runs on a deterministic test against right answers on
 flaky ones.
 
-    nice -n 10 python bench/engine_retest_tradeoff.py [--trials 200] [--jobs 2]
+    nice -n 10 python bench/engine_retest_tradeoff.py [--trials 200] [--jobs 2] [--counts 4,3 4,4]
 
 An answer that every run agrees with (a deterministic test's) stands once the culprit and
 its parent each have ``k`` runs of this bisection (:data:`consumer.engine.adaptive.
@@ -31,7 +31,7 @@ from consumer.engine import adaptive
 from consumer.engine.simulate import Trial, run_trial
 
 # (runs at the culprit, runs at its parent) before agreeing runs stand; the last is the default
-COUNTS = ((2, 2), (2, 3), (3, 2), (3, 3), (4, 4))
+COUNTS = ((2, 2), (2, 3), (3, 2), (3, 3), (4, 3), (3, 4), (4, 4))
 DETERMINISTIC = Cell(1000, 1.0, 0.0, 0.0)
 # Where a lucky agreement is likeliest: a parent that misses the error (p < 1), a culprit
 # that shows it by chance (q > 0), both.
@@ -48,22 +48,38 @@ def run_cell(args: tuple[tuple[int, int], Cell, int]) -> tuple[tuple[int, int], 
     return counts, cell, [run_trial(scenario(cell, seed), seed) for seed in range(trials)]
 
 
+def _pair(text: str, parser: argparse.ArgumentParser) -> tuple[int, int]:
+    try:
+        culprit, parent = (int(part) for part in text.split(","))
+    except ValueError:
+        parser.error(f"--counts: {text!r} is not two integers like 4,3")
+    if culprit < 1 or parent < 1:
+        parser.error(f"--counts: {text!r}: each count must be at least 1")
+    return culprit, parent
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200, help="trials per cell")
     parser.add_argument("--jobs", type=int, default=1, help="cells simulated at once")
+    parser.add_argument("--counts", nargs="+", default=None, metavar="C,P",
+                        help="pairs of culprit and parent runs to compare (default: "
+                        + " ".join(f"{c},{p}" for c, p in COUNTS) + ")")
     args = parser.parse_args()
+    counts_list = COUNTS if args.counts is None else tuple(
+        _pair(text, parser) for text in args.counts)
     cells = (DETERMINISTIC, *FLAKY)
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        done = list(pool.map(run_cell, [(k, c, args.trials) for k in COUNTS for c in cells]))
+        done = list(pool.map(run_cell, [(k, c, args.trials) for k in counts_list for c in cells]))
     results = {(k, c): trials for k, c, trials in done}
     heads = " | ".join(f"N={c.n} p={c.p} q={c.q}" for c in FLAKY)
     print(f"{args.trials} trials a cell; right answers, and below the wrong culprits named\n")
     print(f"| culprit, parent runs | deterministic bound (N=1000) | deterministic runs mean / "
           f"max | {heads} | wrong culprits |")
     print("|---" * (4 + len(FLAKY)) + "|")
-    for counts in COUNTS:
+    default = (adaptive.CONSISTENT_CULPRIT_RUNS, adaptive.CONSISTENT_PARENT_RUNS)
+    for counts in counts_list:
         adaptive.CONSISTENT_CULPRIT_RUNS, adaptive.CONSISTENT_PARENT_RUNS = counts
         bound = adaptive.deterministic_run_bound(DETERMINISTIC.n)
         det = results[(counts, DETERMINISTIC)]
@@ -78,7 +94,7 @@ def main() -> int:
             wrong_total += wrong
             mark = "" if right >= 0.95 * len(trials) else " (!)"
             shares.append(f"{right / len(trials):.1%}{mark} ({wrong})")
-        label = f"{counts[0]}, {counts[1]}" + (" (default)" if counts == COUNTS[-1] else "")
+        label = f"{counts[0]}, {counts[1]}" + (" (default)" if counts == default else "")
         print(f"| {label} | {bound} = ceil(log2 N) + {bound - 10} | "
               f"{sum(runs) / len(runs):.1f} / {max(runs)} | {' | '.join(shares)} | "
               f"{wrong_total} |")

@@ -54,7 +54,9 @@ CONSISTENT_FLOOR = 0.5  # a verified answer every run agrees with stands from th
 # Three retests each side: a flaky test fools them at most 0.5^6 < 2 % of the time (p = 0.5,
 # q = 0), 0.3^3 < 3 % (q = 0.3); one retest each (13 runs for a deterministic test on 1,000
 # commits) let 5-12.5 % of flaky bisections end on a wrong culprit, two each 2-4 %
-# (bench/engine_retest_tradeoff.py).
+# (bench/engine_retest_tradeoff.py). No search that halves as git does gets far below:
+# with 3 runs beyond the halving at most 89-90 % end right where p = 0.5, q = 0, and 5 are
+# the least that keep the grid's flaky cells at 95 % (bench/halving_retest_ceiling.py).
 CONSISTENT_CULPRIT_RUNS = 4
 CONSISTENT_PARENT_RUNS = 4
 CONSISTENT_GOOD_RUNS = 2  # a given good commit outside the range (the user said it is good)
